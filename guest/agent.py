@@ -1,0 +1,549 @@
+"""The guest agent's serving loop: one channel, many processes, no asyncio.
+
+Owns the agent side of the protocol in `protocol/PROTOCOL.md`: it reads frames from the
+channel, starts processes (pipes or a PTY), forwards their output within the host's credit,
+feeds their stdin, delivers signals and reports exits. It is a single-threaded `selectors`
+loop because `import asyncio` alone costs 1-2 s under TCG, and this is on the boot path.
+
+The same code serves a VM's virtio-serial port (reconnectable: the host may go away and come
+back, e.g. after a snapshot restore) and a plain socket or pipe when the agent runs on the host
+as a subprocess for contract tests.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import pwd
+import selectors
+import signal
+import struct
+import sys
+import termios
+import time
+
+try:
+    from . import wire
+except ImportError:  # run as a script inside the guest
+    import wire  # type: ignore[no-redef]
+
+AGENT_VERSION = "0.1.0"
+# After a process exits, its output pipes may stay open because a background child inherited
+# them. Keep reading this long, then report EOF and the exit anyway, so `exec("daemon &")`
+# returns instead of hanging on a grandchild.
+EXIT_GRACE = 0.25
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def log(*parts) -> None:
+    print("shuru-agent:", *parts, file=sys.stderr, flush=True)
+
+
+class Proc:
+    """One process started by an exec message, and the state of its stream."""
+
+    def __init__(self, stream: int, pid: int, tty: bool, stdin_fd, out_fds: dict):
+        self.stream = stream
+        self.pid = pid
+        self.tty = tty
+        self.stdin_fd = stdin_fd  # pipe write end, PTY master, or None
+        self.out_fds = out_fds  # {1: fd, 2: fd}; for a PTY only {1: master}
+        self.credit = {fd: wire.WINDOW for fd in out_fds}
+        self.stdin_buf = bytearray()
+        self.stdin_eof = False
+        self.status = None  # (code, signal) once reaped
+        self.exited_at = None
+
+
+class Agent:
+    def __init__(self, fd: int, *, reconnectable: bool):
+        self.fd = fd
+        self.reconnectable = reconnectable
+        self.sel = selectors.DefaultSelector()
+        self.registered: dict[int, int] = {}
+        self.decoder = wire.FrameDecoder()
+        self.out = bytearray()
+        self.procs: dict[int, Proc] = {}
+        self.by_pid: dict[int, Proc] = {}
+        self.connected = False
+        self.running = True
+        self.shutdown_requested = False
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        signal.set_wakeup_fd(self.wake_w)
+        # A handler (not SIG_DFL) is needed for the wakeup fd to be written on SIGCHLD.
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        os.set_blocking(self.fd, False)
+
+    # ---- channel -----------------------------------------------------------------------
+
+    def send(self, t: str, s: int = wire.CONTROL, **fields) -> None:
+        if self.connected:
+            self.out += wire.message(t, s, **fields)
+
+    def greet(self) -> None:
+        """Send hello. On a virtio port this blocks until the host connects, which makes a
+        race-free handshake: nothing the host sends can arrive before the port is open."""
+        frame = wire.message(
+            "hello", version=wire.VERSION, agent=AGENT_VERSION, kernel=os.uname().release,
+            pid=os.getpid(),
+        )
+        os.set_blocking(self.fd, True)
+        try:
+            view = memoryview(frame)
+            while view:
+                n = os.write(self.fd, view)
+                view = view[n:]
+        finally:
+            os.set_blocking(self.fd, False)
+        self.connected = True
+        self.decoder = wire.FrameDecoder()
+
+    def on_disconnect(self) -> None:
+        """The host went away: nobody can collect output any more, so end every process."""
+        self.connected = False
+        self.out.clear()
+        for proc in list(self.procs.values()):
+            self.kill_group(proc, signal.SIGKILL)
+            self.close_proc_fds(proc)
+        self.procs.clear()
+        if not self.reconnectable:
+            self.running = False
+
+    def read_channel(self) -> None:
+        try:
+            data = os.read(self.fd, 256 * 1024)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            if e.errno != errno.EIO:
+                raise
+            data = b""
+        if not data:
+            self.on_disconnect()
+            return
+        try:
+            msgs = self.decoder.feed(data)
+        except wire.WireError as e:
+            log("bad frame from host:", e)
+            self.on_disconnect()
+            return
+        for msg in msgs:
+            try:
+                self.dispatch(msg)
+            except Exception as e:  # one bad request must not take the agent down
+                log("error handling", msg.get("t"), repr(e))
+                self.send("error", msg["s"], code="EINTERNAL", message=str(e))
+
+    def flush(self) -> None:
+        if not self.out:
+            return
+        try:
+            n = os.write(self.fd, self.out)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            if e.errno in (errno.EPIPE, errno.ECONNRESET, errno.EIO):
+                self.on_disconnect()
+                return
+            raise
+        del self.out[:n]
+
+    # ---- messages ----------------------------------------------------------------------
+
+    def dispatch(self, msg: dict) -> None:
+        t, s = msg["t"], msg["s"]
+        if t == "hello":
+            if msg["version"] != wire.VERSION:
+                self.send("error", 0, code="EVERSION",
+                          message=f"agent speaks version {wire.VERSION}, host {msg['version']}")
+        elif t == "ping":
+            self.send("pong", 0, id=msg["id"])
+        elif t == "shutdown":
+            self.shutdown_requested = True
+            os.sync()
+            self.send("shutdown", 0)
+        elif t == "exec":
+            self.start_exec(s, msg)
+        else:
+            proc = self.procs.get(s)
+            if proc is None:
+                return  # late message for a stream that already ended
+            if t == "data" and msg["fd"] == 0:
+                if proc.stdin_fd is not None and not proc.stdin_eof:
+                    proc.stdin_buf += msg["d"]
+            elif t == "eof" and msg["fd"] == 0:
+                proc.stdin_eof = True
+            elif t == "credit" and msg["fd"] in proc.credit:
+                proc.credit[msg["fd"]] += max(0, msg["n"])
+            elif t == "signal":
+                if msg.get("group", True):
+                    self.kill_group(proc, msg["sig"])
+                else:
+                    _kill(proc.pid, msg["sig"])
+            elif t == "resize" and proc.tty:
+                _set_winsize(proc.stdin_fd, msg["rows"], msg["cols"])
+
+    def start_exec(self, s: int, msg: dict) -> None:
+        if s in self.procs:
+            self.send("error", s, code="EBUSY", message=f"stream {s} is already in use")
+            return
+        argv = msg["argv"]
+        if not argv or not all(isinstance(a, str) for a in argv):
+            self.send("error", s, code="EINVAL", message="argv must be a non-empty list of strings")
+            return
+        env = msg.get("env") or {}
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+            self.send("error", s, code="EINVAL", message="env keys and values must be strings")
+            return
+        try:
+            proc = spawn(s, argv, env, msg)
+        except ExecSetupError as e:
+            self.send("error", s, code=e.code, message=e.message)
+            return
+        self.procs[s] = proc
+        self.by_pid[proc.pid] = proc
+        self.send("started", s, pid=proc.pid)
+
+    # ---- processes ---------------------------------------------------------------------
+
+    def kill_group(self, proc: Proc, sig: int) -> None:
+        # Every exec runs in its own session, so its pgid is its pid.
+        try:
+            os.killpg(proc.pid, sig)
+        except (OSError, ValueError, OverflowError):
+            _kill(proc.pid, sig)
+
+    def close_fd(self, fd: int) -> None:
+        # Leave the selector first: the number may be reused by the next pipe.
+        self.forget_fd(fd)
+        _close(fd)
+
+    def close_proc_fds(self, proc: Proc) -> None:
+        fds = set(proc.out_fds.values())
+        if proc.stdin_fd is not None:
+            fds.add(proc.stdin_fd)
+        for fd in fds:
+            self.close_fd(fd)
+        proc.out_fds.clear()
+        proc.stdin_fd = None
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            proc = self.by_pid.pop(pid, None)
+            if proc is None:
+                continue  # an orphan reparented to us (PID 1) or a helper: just reap it
+            if os.WIFSIGNALED(status):
+                proc.status = (None, os.WTERMSIG(status))
+            else:
+                proc.status = (os.waitstatus_to_exitcode(status), None)
+            proc.exited_at = time.monotonic()
+
+    def read_output(self, proc: Proc, fd_no: int) -> None:
+        fd = proc.out_fds[fd_no]
+        want = min(proc.credit[fd_no], wire.CHUNK)
+        try:
+            data = os.read(fd, want)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            if e.errno != errno.EIO:  # EIO: the PTY's other side closed
+                raise
+            data = b""
+        if data:
+            proc.credit[fd_no] -= len(data)
+            if proc.status is not None:
+                proc.exited_at = time.monotonic()  # grace counts from the last output
+            self.send("data", proc.stream, fd=fd_no, d=data)
+        else:
+            self.end_output(proc, fd_no)
+
+    def end_output(self, proc: Proc, fd_no: int) -> None:
+        fd = proc.out_fds.pop(fd_no)
+        if proc.stdin_fd != fd:
+            self.close_fd(fd)
+        self.send("eof", proc.stream, fd=fd_no)
+
+    def write_stdin(self, proc: Proc) -> None:
+        try:
+            n = os.write(proc.stdin_fd, proc.stdin_buf)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            if e.errno not in (errno.EPIPE, errno.EIO):
+                raise
+            # The reader is gone: drop what it will never read, but keep granting credit so
+            # the host does not block on a dead process.
+            n = len(proc.stdin_buf)
+            self.close_stdin(proc)
+        del proc.stdin_buf[:n]
+        if n:
+            self.send("credit", proc.stream, fd=0, n=n)
+
+    def close_stdin(self, proc: Proc) -> None:
+        if proc.stdin_fd is None:
+            return
+        if proc.tty:
+            # Closing the master would hang up the terminal; EOF on a TTY is ^D.
+            try:
+                os.write(proc.stdin_fd, b"\x04")
+            except OSError:
+                pass
+        else:
+            self.close_fd(proc.stdin_fd)
+            proc.stdin_fd = None
+        proc.stdin_eof = True
+        proc.stdin_buf.clear()
+
+    def finish(self, now: float) -> None:
+        """Report exits whose output is drained (or whose grace period ran out)."""
+        for proc in list(self.procs.values()):
+            if proc.status is None:
+                continue
+            if proc.out_fds:
+                # Never drop output the host has not had credit to receive yet.
+                if any(proc.credit[fd_no] <= 0 for fd_no in proc.out_fds):
+                    continue
+                if now - proc.exited_at < EXIT_GRACE:
+                    continue
+            for fd_no in sorted(proc.out_fds):
+                self.end_output(proc, fd_no)
+            self.close_proc_fds(proc)
+            code, sig = proc.status
+            self.send("exit", proc.stream, code=code, signal=sig)
+            del self.procs[proc.stream]
+
+    # ---- loop --------------------------------------------------------------------------
+
+    def interest(self) -> dict[int, tuple[int, object]]:
+        want: dict[int, int] = {self.wake_r: selectors.EVENT_READ}
+        if self.connected:
+            want[self.fd] = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.out else 0)
+            # Stop reading process output while the channel is backed up: credit bounds each
+            # stream, this bounds the sum.
+            backed_up = len(self.out) > 4 * wire.WINDOW
+            for proc in self.procs.values():
+                if not backed_up:
+                    for fd_no, fd in proc.out_fds.items():
+                        if proc.credit[fd_no] > 0:
+                            want[fd] = want.get(fd, 0) | selectors.EVENT_READ
+                if proc.stdin_fd is not None and proc.stdin_buf:
+                    want[proc.stdin_fd] = want.get(proc.stdin_fd, 0) | selectors.EVENT_WRITE
+        return want
+
+    def update_registrations(self) -> None:
+        want = self.interest()
+        for fd in [fd for fd in self.registered if fd not in want]:
+            self.sel.unregister(fd)
+            del self.registered[fd]
+        for fd, mask in want.items():
+            if fd not in self.registered:
+                self.sel.register(fd, mask)
+            elif self.registered[fd] != mask:
+                self.sel.modify(fd, mask)
+            self.registered[fd] = mask
+
+    def forget_fd(self, fd: int) -> None:
+        if fd in self.registered:
+            self.sel.unregister(fd)
+            del self.registered[fd]
+
+    def timeout(self) -> float | None:
+        pending = [
+            p.exited_at for p in self.procs.values()
+            if p.status and p.out_fds and all(p.credit[f] > 0 for f in p.out_fds)
+        ]
+        if not pending:
+            return None
+        return max(0.0, min(pending) + EXIT_GRACE - time.monotonic())
+
+    def serve(self) -> None:
+        while self.running:
+            if not self.connected:
+                self.greet()
+            for proc in self.procs.values():
+                if proc.stdin_eof and not proc.stdin_buf and proc.stdin_fd is not None:
+                    self.close_stdin(proc)
+            self.finish(time.monotonic())
+            if self.shutdown_requested and not self.out:
+                return
+            self.update_registrations()
+            for key, events in self.sel.select(self.timeout()):
+                fd = key.fd
+                if fd == self.wake_r:
+                    _drain(self.wake_r)
+                    self.reap()
+                elif fd == self.fd:
+                    if events & selectors.EVENT_WRITE:
+                        self.flush()
+                    if events & selectors.EVENT_READ and self.connected:
+                        self.read_channel()
+                else:
+                    self.service_fd(fd, events)
+            self.flush()
+
+    def service_fd(self, fd: int, events: int) -> None:
+        for proc in list(self.procs.values()):
+            if events & selectors.EVENT_WRITE and proc.stdin_fd == fd and proc.stdin_buf:
+                self.write_stdin(proc)
+            if events & selectors.EVENT_READ:
+                for fd_no, out_fd in list(proc.out_fds.items()):
+                    if out_fd == fd:
+                        self.read_output(proc, fd_no)
+
+
+class ExecSetupError(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def spawn(stream: int, argv: list[str], env: dict, msg: dict) -> Proc:
+    """Fork and exec one process. Setup failures that are the caller's fault (bad cwd, unknown
+    user) come back as ExecSetupError through a CLOEXEC pipe; a program that cannot be
+    executed is reported like a shell does: a message on stderr and status 127 (or 126)."""
+    tty = bool(msg.get("tty"))
+    cwd = msg.get("cwd")
+    user = msg.get("user")
+    try:
+        pw = pwd.getpwnam(user) if user else None
+    except KeyError:
+        raise ExecSetupError("ENOUSER", f"no such user in the guest: {user}") from None
+    full_env = {"PATH": DEFAULT_PATH, "LANG": "C.UTF-8"}
+    if pw:
+        full_env.update(HOME=pw.pw_dir, USER=pw.pw_name, LOGNAME=pw.pw_name, SHELL=pw.pw_shell)
+    else:
+        full_env.update(HOME="/root", USER="root", LOGNAME="root")
+    if tty:
+        full_env["TERM"] = "xterm-256color"
+    full_env.update(env)
+    workdir = cwd or full_env.get("HOME") or "/"
+
+    if tty:
+        master, slave = os.openpty()
+        _set_winsize(master, msg.get("rows", 24), msg.get("cols", 80))
+        child_fds = (slave, slave, slave)
+        parent_close = [slave]
+    else:
+        if msg.get("stdin", True):
+            in_r, in_w = os.pipe()
+        else:
+            in_r, in_w = os.open(os.devnull, os.O_RDONLY), None
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        child_fds = (in_r, out_w, err_w)
+        parent_close = [in_r, out_w, err_w]
+    err_pipe_r, err_pipe_w = os.pipe()
+
+    pid = os.fork()
+    if pid == 0:  # child: no Python-level cleanup may run here, only exec or _exit
+        try:
+            _child(argv, full_env, workdir, pw, tty, child_fds, err_pipe_w)
+        finally:
+            os._exit(127)
+
+    os.close(err_pipe_w)
+    for fd in parent_close:
+        os.close(fd)
+    report = _read_all(err_pipe_r)
+    os.close(err_pipe_r)
+    if report:
+        os.waitpid(pid, 0)
+        for fd in ([master] if tty else [x for x in (in_w, out_r, err_r) if x is not None]):
+            os.close(fd)
+        code, _, text = report.decode("utf-8", "replace").partition(":")
+        raise ExecSetupError(code, text)
+
+    if tty:
+        os.set_blocking(master, False)
+        return Proc(stream, pid, True, master, {1: master})
+    for fd in (in_w, out_r, err_r):
+        if fd is not None:
+            os.set_blocking(fd, False)
+    return Proc(stream, pid, False, in_w, {1: out_r, 2: err_r})
+
+
+def _child(argv, env, workdir, pw, tty, fds, err_pipe) -> None:
+    def fail(code: str, text: str) -> None:
+        os.write(err_pipe, f"{code}:{text}".encode())
+        os._exit(126)
+
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.set_wakeup_fd(-1)
+    os.setsid()  # own session and process group: signals and timeouts reach the whole tree
+    if tty:
+        fcntl.ioctl(fds[0], termios.TIOCSCTTY, 0)
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+    if pw is not None:
+        try:
+            os.initgroups(pw.pw_name, pw.pw_gid)
+            os.setgid(pw.pw_gid)
+            os.setuid(pw.pw_uid)
+        except OSError as e:
+            fail("EPERM", f"cannot switch to user {pw.pw_name}: {e.strerror}")
+    try:
+        os.chdir(workdir)
+    except OSError as e:
+        fail(errno.errorcode.get(e.errno, "EIO"), f"working directory {workdir}: {e.strerror}")
+    os.close(err_pipe)  # exec succeeded or failed like a shell would: nothing to report
+    try:
+        os.execvpe(argv[0], argv, env)
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ENOTDIR):
+            os.write(2, f"shuru: {argv[0]}: command not found\n".encode())
+            os._exit(127)
+        os.write(2, f"shuru: {argv[0]}: {e.strerror}\n".encode())
+        os._exit(126)
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while True:
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _set_winsize(fd, rows: int, cols: int) -> None:
+    if fd is None:
+        return
+    rows = max(1, min(int(rows), 10000))
+    cols = max(1, min(int(cols), 10000))
+    try:
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+    except OSError:
+        pass
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError, ValueError, OverflowError):
+        pass
+
+
+def _close(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass

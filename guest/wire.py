@@ -1,0 +1,148 @@
+"""The agent channel's wire format: frames, message schema, limits. Shared by host and guest.
+
+This module is the executable half of `protocol/PROTOCOL.md`. It is pure (no I/O), depends only
+on the standard library and msgpack, and is imported by the guest agent inside the VM and by
+the host package (`shuru.channel`), so both ends agree by construction.
+
+A frame is a 4-byte big-endian payload length followed by that many bytes holding one msgpack
+map. Every map has ``t`` (message type, str) and ``s`` (stream id, int). The receiver checks
+the frame size, the msgpack limits, and each field's type before acting on a message: the
+guest is untrusted, and a bad frame is an error, never a crash or an unbounded allocation.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import msgpack
+
+VERSION = 1
+
+HEADER = struct.Struct(">I")
+# One data chunk per frame is at most CHUNK bytes; the frame limit leaves room for the map.
+CHUNK = 64 * 1024
+MAX_FRAME = CHUNK + 4096
+# Bytes a sender may have in flight per stream and direction before the receiver grants more.
+WINDOW = 1024 * 1024
+
+CONTROL = 0  # stream 0 carries hello, ping/pong, resume and shutdown
+
+# Field types per message type. Values are a type or a tuple of types; a key ending in "?"
+# is optional. Unknown message types are rejected; unknown extra keys are ignored so that a
+# newer peer can add optional fields without a version bump.
+_STR, _INT, _BIN, _BOOL, _LIST, _MAP, _NONE = str, int, bytes, bool, list, dict, type(None)
+SCHEMA: dict[str, dict[str, object]] = {
+    "hello": {"version": _INT, "agent?": _STR, "kernel?": _STR, "pid?": _INT},
+    "ping": {"id": _INT},
+    "pong": {"id": _INT},
+    "shutdown": {},
+    "exec": {
+        "argv": _LIST,
+        "env?": _MAP,
+        "cwd?": (_STR, _NONE),
+        "user?": (_STR, _NONE),
+        "tty?": _BOOL,
+        "rows?": _INT,
+        "cols?": _INT,
+        "stdin?": _BOOL,
+    },
+    "started": {"pid": _INT},
+    "data": {"fd": _INT, "d": _BIN},
+    "eof": {"fd": _INT},
+    "credit": {"fd": _INT, "n": _INT},
+    "signal": {"sig": _INT, "group?": _BOOL},
+    "resize": {"rows": _INT, "cols": _INT},
+    "exit": {"code": (_INT, _NONE), "signal": (_INT, _NONE)},
+    "error": {"code": _STR, "message": _STR},
+}
+
+_UNPACK_LIMITS = dict(
+    max_bin_len=MAX_FRAME,
+    max_str_len=MAX_FRAME,
+    max_array_len=65536,
+    max_map_len=65536,
+    max_ext_len=0,
+)
+
+
+class WireError(ValueError):
+    """A frame or message that breaks the protocol."""
+
+
+def encode(msg: dict) -> bytes:
+    """One message as a frame (header + msgpack payload)."""
+    payload = msgpack.packb(msg, use_bin_type=True)
+    if len(payload) > MAX_FRAME:
+        raise WireError(f"frame of {len(payload)} bytes exceeds the {MAX_FRAME}-byte limit")
+    return HEADER.pack(len(payload)) + payload
+
+
+def message(t: str, s: int = CONTROL, **fields) -> bytes:
+    """Build and encode a message in one step."""
+    return encode({"t": t, "s": s, **fields})
+
+
+def decode_payload(payload: bytes) -> dict:
+    """Decode and validate one frame payload (without its header)."""
+    try:
+        msg = msgpack.unpackb(payload, raw=False, strict_map_key=True, **_UNPACK_LIMITS)
+    except Exception as e:  # msgpack raises several unrelated types for bad input
+        raise WireError(f"undecodable frame: {e}") from None
+    validate(msg)
+    return msg
+
+
+def validate(msg: object) -> None:
+    """Check a decoded message against SCHEMA; raise WireError naming the bad field."""
+    if not isinstance(msg, dict):
+        raise WireError(f"frame is a {type(msg).__name__}, not a map")
+    t, s = msg.get("t"), msg.get("s")
+    if not isinstance(t, str):
+        raise WireError("frame has no string 't' (message type)")
+    if not isinstance(s, int) or isinstance(s, bool) or s < 0 or s >= 2**32:
+        raise WireError(f"{t}: 's' (stream id) must be an integer in [0, 2^32)")
+    fields = SCHEMA.get(t)
+    if fields is None:
+        raise WireError(f"unknown message type {t!r}")
+    for key, kind in fields.items():
+        optional = key.endswith("?")
+        name = key.rstrip("?")
+        if name not in msg:
+            if optional:
+                continue
+            raise WireError(f"{t}: missing field {name!r}")
+        value = msg[name]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        # bool is an int subclass; an int field must not accept True/False.
+        if isinstance(value, bool) and _BOOL not in kinds:
+            raise WireError(f"{t}: field {name!r} has type bool")
+        if not isinstance(value, kinds):
+            raise WireError(f"{t}: field {name!r} has type {type(value).__name__}")
+
+
+class FrameDecoder:
+    """Incremental frame splitter: feed bytes as they arrive, get whole messages out."""
+
+    def __init__(self, max_frame: int = MAX_FRAME):
+        self._buf = bytearray()
+        self._max = max_frame
+
+    def feed(self, data: bytes) -> list[dict]:
+        self._buf += data
+        out = []
+        while len(self._buf) >= HEADER.size:
+            (length,) = HEADER.unpack_from(self._buf)
+            if length == 0 or length > self._max:
+                raise WireError(f"frame length {length} outside 1..{self._max}")
+            end = HEADER.size + length
+            if len(self._buf) < end:
+                break
+            payload = bytes(self._buf[HEADER.size : end])
+            del self._buf[:end]
+            out.append(decode_payload(payload))
+        return out
+
+    @property
+    def pending(self) -> int:
+        """Bytes buffered that do not yet form a whole frame."""
+        return len(self._buf)

@@ -1,0 +1,240 @@
+"""The host end of the agent channel: frames in and out, streams, credit.
+
+One `Channel` per VM wraps an asyncio byte stream (the virtio-serial chardev socket, or a
+socketpair to an agent subprocess). It performs the hello handshake, runs one reader task
+that decodes and validates every guest frame (`shuru_guest.wire`), routes messages to
+`Stream`s by id, and enforces flow control both ways: the host never sends more stdin than
+the guest granted, and a guest that sends more output than the host granted is cut off as a
+protocol violation. A guest is untrusted; nothing it sends may crash or exhaust the host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+
+from shuru_guest import wire
+
+from .errors import ProtocolError, SandboxDiedError
+
+_CLOSED = {"t": "_closed", "s": -1}
+
+
+class Stream:
+    """One multiplexed conversation (an exec, later a file transfer or a connection)."""
+
+    def __init__(self, channel: "Channel", stream_id: int):
+        self.channel = channel
+        self.id = stream_id
+        self.inbox: asyncio.Queue[dict] = asyncio.Queue()
+        self._send_credit = {0: wire.WINDOW}
+        self._credit_changed = asyncio.Event()
+        self._received = {}  # fd -> bytes received but not yet granted back
+        self._unacked = {}  # fd -> bytes consumed but not yet granted back
+        self.closed = False
+
+    async def send(self, t: str, **fields) -> None:
+        await self.channel.send(t, self.id, **fields)
+
+    async def send_data(self, fd: int, data: bytes) -> None:
+        """Send bytes to the guest in chunks, never beyond the credit it granted."""
+        view = memoryview(data)
+        while view:
+            while self._send_credit.get(fd, 0) <= 0:
+                self.channel.check_open()
+                self._credit_changed.clear()
+                await self._credit_changed.wait()
+            n = min(len(view), wire.CHUNK, self._send_credit[fd])
+            self._send_credit[fd] -= n
+            await self.send("data", fd=fd, d=bytes(view[:n]))
+            view = view[n:]
+
+    async def recv(self) -> dict:
+        msg = await self.inbox.get()
+        if msg is _CLOSED:
+            self.inbox.put_nowait(_CLOSED)  # every later recv sees it too
+            raise self.channel.closed_error()
+        return msg
+
+    async def consumed(self, fd: int, n: int) -> None:
+        """The application took `n` bytes of `fd` off our hands: grant the guest more."""
+        self._received[fd] = self._received.get(fd, 0) - n
+        self._unacked[fd] = self._unacked.get(fd, 0) + n
+        if self._unacked[fd] >= wire.WINDOW // 4 and not self.closed:
+            grant, self._unacked[fd] = self._unacked[fd], 0
+            with contextlib.suppress(SandboxDiedError):
+                await self.send("credit", fd=fd, n=grant)
+
+    def _deliver(self, msg: dict) -> None:
+        t = msg["t"]
+        if t == "data":
+            fd = msg["fd"]
+            outstanding = self._received.get(fd, 0) + len(msg["d"])
+            if outstanding > wire.WINDOW:
+                raise ProtocolError(
+                    f"guest sent {outstanding} bytes on stream {self.id} fd {fd}, "
+                    f"beyond the {wire.WINDOW}-byte window it was granted")
+            self._received[fd] = outstanding
+        elif t == "credit":
+            fd = msg["fd"]
+            self._send_credit[fd] = min(self._send_credit.get(fd, 0) + msg["n"], 2**40)
+            self._credit_changed.set()
+            return
+        self.inbox.put_nowait(msg)
+
+    def close(self) -> None:
+        self.closed = True
+        self.channel.streams.pop(self.id, None)
+
+
+class Channel:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
+                 describe_death=None):
+        self.reader = reader
+        self.writer = writer
+        self.streams: dict[int, Stream] = {}
+        self._ids = itertools.count(1, 2)  # host-opened streams are odd
+        self._pings: dict[int, asyncio.Future] = {}
+        self._ping_ids = itertools.count(1)
+        self._shutdown_ack: asyncio.Future | None = None
+        self._error: BaseException | None = None
+        self._reader_task: asyncio.Task | None = None
+        self._write_lock = asyncio.Lock()
+        self._describe_death = describe_death or (lambda: "")
+        self.guest_hello: dict = {}
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    async def handshake(self) -> dict:
+        """Read the guest's hello, check its version, answer with ours, start reading."""
+        decoder = wire.FrameDecoder()
+        msgs: list[dict] = []
+        while not msgs:
+            data = await self.reader.read(65536)
+            if not data:
+                raise SandboxDiedError("the guest agent closed the channel before saying hello",
+                                       console_tail=self._describe_death())
+            try:
+                msgs = decoder.feed(data)
+            except wire.WireError as e:
+                raise ProtocolError(f"bad hello from the guest agent: {e}") from None
+        hello = msgs[0]
+        if hello["t"] != "hello":
+            raise ProtocolError(f"guest agent sent {hello['t']!r} before hello")
+        if hello["version"] != wire.VERSION:
+            raise ProtocolError(
+                f"guest agent speaks protocol version {hello['version']}, this host speaks "
+                f"{wire.VERSION}: rebuild the guest image with `shuru init --force`")
+        self.guest_hello = hello
+        await self.send("hello", 0, version=wire.VERSION)
+        self._reader_task = asyncio.create_task(self._read_loop(decoder, msgs[1:]))
+        return hello
+
+    async def _read_loop(self, decoder: wire.FrameDecoder, backlog: list[dict]) -> None:
+        try:
+            for msg in backlog:
+                self._route(msg)
+            while True:
+                data = await self.reader.read(256 * 1024)
+                if not data:
+                    raise SandboxDiedError("the sandbox's agent channel closed",
+                                           console_tail=self._describe_death())
+                try:
+                    msgs = decoder.feed(data)
+                except wire.WireError as e:
+                    raise ProtocolError(f"bad frame from the guest agent: {e}") from None
+                for msg in msgs:
+                    self._route(msg)
+        except (ConnectionError, OSError) as e:
+            self._fail(SandboxDiedError(f"the sandbox's agent channel broke: {e}",
+                                        console_tail=self._describe_death()))
+        except asyncio.CancelledError:
+            self._fail(SandboxDiedError("the sandbox was stopped"))
+            raise
+        except Exception as e:  # ProtocolError, SandboxDiedError
+            self._fail(e)
+
+    def _route(self, msg: dict) -> None:
+        s, t = msg["s"], msg["t"]
+        if s == wire.CONTROL:
+            if t == "pong":
+                fut = self._pings.pop(msg["id"], None)
+                if fut and not fut.done():
+                    fut.set_result(None)
+            elif t == "shutdown" and self._shutdown_ack and not self._shutdown_ack.done():
+                self._shutdown_ack.set_result(None)
+            return
+        stream = self.streams.get(s)
+        if stream is not None:
+            stream._deliver(msg)
+
+    def _fail(self, error: BaseException) -> None:
+        if self._error is None:
+            self._error = error
+        for stream in list(self.streams.values()):
+            stream.inbox.put_nowait(_CLOSED)
+            stream._credit_changed.set()
+        for fut in list(self._pings.values()):
+            if not fut.done():
+                fut.set_exception(self.closed_error())
+        if self._shutdown_ack and not self._shutdown_ack.done():
+            self._shutdown_ack.set_exception(self.closed_error())
+
+    def closed_error(self) -> BaseException:
+        err = self._error
+        if isinstance(err, SandboxDiedError) or err is None:
+            return SandboxDiedError(str(err) if err else "the sandbox is gone")
+        if isinstance(err, ProtocolError):
+            return ProtocolError(str(err))
+        return SandboxDiedError(f"the sandbox's agent channel failed: {err}")
+
+    def check_open(self) -> None:
+        if self._error is not None:
+            raise self.closed_error()
+
+    @property
+    def is_open(self) -> bool:
+        return self._error is None
+
+    async def close(self) -> None:
+        if self._reader_task:
+            self._reader_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._reader_task
+        self._fail(SandboxDiedError("the sandbox was stopped"))
+        with contextlib.suppress(Exception):
+            self.writer.close()
+
+    # ---- sending -----------------------------------------------------------------------
+
+    async def send(self, t: str, s: int, **fields) -> None:
+        self.check_open()
+        frame = wire.message(t, s, **fields)
+        try:
+            async with self._write_lock:
+                self.writer.write(frame)
+                await self.writer.drain()
+        except (ConnectionError, OSError) as e:
+            self._fail(SandboxDiedError(f"the sandbox's agent channel broke: {e}",
+                                        console_tail=self._describe_death()))
+            raise self.closed_error() from None
+
+    def open_stream(self) -> Stream:
+        self.check_open()
+        stream = Stream(self, next(self._ids))
+        self.streams[stream.id] = stream
+        return stream
+
+    async def ping(self) -> None:
+        fut = asyncio.get_running_loop().create_future()
+        ping_id = next(self._ping_ids)
+        self._pings[ping_id] = fut
+        await self.send("ping", 0, id=ping_id)
+        await fut
+
+    async def shutdown(self) -> None:
+        """Ask the agent to sync the disks and power off; returns once it acknowledged."""
+        self._shutdown_ack = asyncio.get_running_loop().create_future()
+        await self.send("shutdown", 0)
+        await self._shutdown_ack
