@@ -1,0 +1,112 @@
+"""Choosing the accelerator: KVM when it really runs ordinary guests, else TCG.
+
+`/dev/kvm` existing proves little: on a PVM host (module `kvm_pvm`) it only runs guests built
+for PVM and emulates stock kernels at a crawl, and on some hosts `-cpu host` aborts at once.
+So `auto` rules out the known-bad cases from sysfs, then really starts QEMU with KVM for a
+moment. The verdict is cached per host (kernel, QEMU binary) so only the first start pays.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import HostError, ShuruWarning
+
+_warned = False
+
+
+@dataclass(frozen=True)
+class Accel:
+    name: str  # "kvm" or "tcg"
+    cpu: str  # the -cpu model to use with it
+    reason: str  # why this one (shown by `shuru doctor` and in the TCG warning)
+
+
+TCG_CPU = "max"
+# IA32_ARCH_CAPABILITIES is refused by some nested hosts; dropping it costs nothing.
+KVM_CPU = "host,-arch-capabilities"
+
+
+def kvm_obstacle() -> str | None:
+    """Why KVM cannot be used here, judged without starting anything; None if it might."""
+    if not os.path.exists("/dev/kvm"):
+        return "/dev/kvm does not exist"
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "/dev/kvm is not readable and writable by this user (add yourself to group kvm)"
+    if os.path.isdir("/sys/module/kvm_pvm"):
+        return ("/dev/kvm is a PVM host (module kvm_pvm), which runs stock guest kernels only "
+                "by slow emulation")
+    return None
+
+
+def probe_kvm(qemu: str, timeout: float = 5.0) -> str | None:
+    """Start QEMU with KVM, paused, and quit it. None if it came up, else the error text."""
+    try:
+        proc = subprocess.run(
+            [qemu, "-accel", "kvm", "-cpu", KVM_CPU, "-M", "microvm", "-nodefaults",
+             "-no-user-config", "-display", "none", "-S", "-qmp", "stdio"],
+            input=b'{"execute":"qmp_capabilities"}\n{"execute":"quit"}\n',
+            capture_output=True, timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        return f"QEMU with KVM did not answer within {timeout} s"
+    except OSError as e:
+        return f"cannot run {qemu}: {e.strerror}"
+    if proc.returncode != 0:
+        return proc.stderr.decode(errors="replace").strip().splitlines()[-1:][0] if proc.stderr \
+            else f"QEMU with KVM exited with status {proc.returncode}"
+    return None
+
+
+def _cache_key(qemu: str) -> str:
+    st = os.stat(qemu)
+    return f"{os.uname().release}|{os.path.realpath(qemu)}|{st.st_size}|{int(st.st_mtime)}"
+
+
+def detect(qemu: str, cache_file: Path) -> Accel:
+    """The accelerator `auto` picks, from the cache when it is for this host and QEMU."""
+    key = _cache_key(qemu)
+    try:
+        cached = json.loads(cache_file.read_text())
+        if cached.get("key") == key:
+            return Accel(cached["name"], cached["cpu"], cached["reason"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    obstacle = kvm_obstacle() or probe_kvm(qemu)
+    if obstacle:
+        accel = Accel("tcg", TCG_CPU, f"KVM is not usable: {obstacle}")
+    else:
+        accel = Accel("kvm", KVM_CPU, "KVM works")
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"key": key, **accel.__dict__}))
+        os.replace(tmp, cache_file)
+    except OSError:
+        pass  # a read-only data dir only costs the probe next time
+    return accel
+
+
+def choose(requested: str, qemu: str, cache_file: Path) -> Accel:
+    """Resolve --accel. `kvm` fails clearly when KVM cannot work; `auto` falls back to TCG
+    with one warning per process."""
+    global _warned
+    if requested == "tcg":
+        return Accel("tcg", TCG_CPU, "requested with --accel tcg")
+    if requested == "kvm":
+        obstacle = kvm_obstacle() or probe_kvm(qemu)
+        if obstacle:
+            raise HostError(f"--accel kvm: {obstacle}",
+                            hint="use --accel tcg (software emulation) or --accel auto")
+        return Accel("kvm", KVM_CPU, "requested with --accel kvm")
+    accel = detect(qemu, cache_file)
+    if accel.name == "tcg" and not _warned:
+        _warned = True
+        warnings.warn(f"{accel.reason}; using TCG software emulation, which is much slower",
+                      ShuruWarning, stacklevel=2)
+    return accel

@@ -1,0 +1,50 @@
+"""The backend interface: what every VM driver (QEMU on Linux, the Swift helper on macOS)
+offers the sandbox core, and the machine description it receives."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do, as data, so callers never branch on the platform."""
+
+    name: str
+    snapshot_memory: bool  # can save and restore RAM + device state
+    channel: str  # "virtio-serial" or "vsock"
+
+
+@dataclass(frozen=True)
+class MachineSpec:
+    """One VM to start: the boot files, the base disk and the machine's size (MiB)."""
+
+    kernel: Path
+    initrd: Path | None
+    rootfs: Path  # read-only base disk; the VM writes to its own overlay over it
+    cpus: int
+    memory: int
+    disk_size: int
+    accel: str = "auto"  # auto | kvm | tcg
+    verbose_console: bool = False  # keep kernel messages (for --console)
+
+
+class Machine(Protocol):
+    """A running VM. `agent` is the byte stream to the guest agent."""
+
+    agent: tuple[asyncio.StreamReader, asyncio.StreamWriter]
+    exited: asyncio.Future
+
+    def console_tail(self, lines: int = 40) -> str: ...
+
+    async def stop(self) -> None: ...
+
+
+class Backend(Protocol):
+    capabilities: Capabilities
+
+    async def start(self, spec: MachineSpec, *,
+                    on_console: Callable[[bytes], None] | None = None) -> Machine: ...

@@ -1,0 +1,220 @@
+"""`AsyncSandbox`: the one implementation of a sandbox's life and its methods.
+
+Owns the explicit run state (`created → starting → running → stopping → stopped`, or `failed`),
+the guard every method uses to name the state it needs, resolving options into a
+`SandboxConfig`, starting the machine through the platform's backend, and the agent channel
+on top. The sync `Sandbox` (in `sync.py`) drives this same class on a private loop thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from . import config as cfg
+from .backends.base import MachineSpec
+from .backends.select import default_backend
+from .channel import Channel
+from .errors import BootError, SandboxDiedError, SandboxStateError, ShuruError
+from .image import current_image, shuru_home
+from .process import ExecResult, Process, run_to_completion, start_stream
+
+BOOT_TIMEOUT = float(os.environ.get("SHURU_BOOT_TIMEOUT", "180"))
+
+
+class State(str, enum.Enum):
+    CREATED = "created"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+def resolve_config(options: Mapping[str, Any], config_file: str | os.PathLike | None = None,
+                   environ: Mapping[str, str] = os.environ) -> cfg.SandboxConfig:
+    """Defaults < config file < SHURU_* environment < explicit options (flags)."""
+    file_layer = cfg.load_file(Path(config_file)) if config_file is not None else {}
+    given = {k: v for k, v in options.items() if v is not None}
+    return cfg.merge(file_layer, cfg.env_layer(environ), cfg.validate(given))
+
+
+def to_argv(command: str | Sequence[str], shell: str = "sh") -> list[str]:
+    """A string runs through the shell; a list is the argv itself."""
+    if isinstance(command, str):
+        return [shell, "-c", command]
+    argv = list(command)
+    if not argv or not all(isinstance(a, str) for a in argv):
+        raise cfg.ConfigError(["command must be a string or a non-empty list of strings"])
+    return argv
+
+
+class AsyncSandbox:
+    """A disposable Linux VM. Use `await AsyncSandbox.start(...)` or `async with`."""
+
+    def __init__(self, config: cfg.SandboxConfig | None = None, *,
+                 on_console: Callable[[bytes], None] | None = None):
+        self.config = config or cfg.SandboxConfig()
+        self.state = State.CREATED
+        self._on_console = on_console
+        self._machine = None
+        self._channel: Channel | None = None
+        self._timeout_task: asyncio.Task | None = None
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    @classmethod
+    async def start(cls, *, config: str | os.PathLike | None = None, timeout: float | None = None,
+                    on_console: Callable[[bytes], None] | None = None,
+                    **options: Any) -> "AsyncSandbox":
+        """Boot a sandbox. Options are the config-file fields (cpus, memory, disk_size, env,
+        workdir, kernel, rootfs, initrd, accel); `config` names a config file; `timeout`
+        stops the sandbox after that many seconds."""
+        sandbox = cls(resolve_config(options, config), on_console=on_console)
+        await sandbox._boot()
+        if timeout is not None:
+            sandbox._timeout_task = asyncio.create_task(sandbox._expire(timeout))
+        return sandbox
+
+    def _spec(self) -> MachineSpec:
+        c = self.config
+        if c.kernel and c.rootfs:
+            kernel, rootfs, initrd = Path(c.kernel), Path(c.rootfs), c.initrd
+        else:
+            image = current_image()
+            kernel = Path(c.kernel) if c.kernel else image.kernel
+            rootfs = Path(c.rootfs) if c.rootfs else image.rootfs
+            initrd = c.initrd or image.initrd
+        return MachineSpec(kernel=kernel, initrd=Path(initrd) if initrd else None,
+                           rootfs=rootfs, cpus=c.cpus, memory=c.memory,
+                           disk_size=c.disk_size, accel=c.accel,
+                           verbose_console=c.console)
+
+    async def _boot(self) -> None:
+        self._require(State.CREATED)
+        self.state = State.STARTING
+        try:
+            backend = default_backend(shuru_home())
+            self._machine = await backend.start(self._spec(), on_console=self._on_console)
+            reader, writer = self._machine.agent
+            self._channel = Channel(reader, writer, describe_death=self._machine.console_tail)
+            hello = asyncio.ensure_future(self._channel.handshake())
+            done, _ = await asyncio.wait({hello, self._machine.exited}, timeout=BOOT_TIMEOUT,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if hello not in done:
+                hello.cancel()
+                if self._machine.exited in done:
+                    raise BootError("the VM stopped before its agent came up",
+                                    console_tail=self._machine.console_tail())
+                raise BootError(f"the VM's agent did not come up within {BOOT_TIMEOUT:.0f} s",
+                                console_tail=self._machine.console_tail())
+            try:
+                hello.result()
+            except SandboxDiedError as e:
+                raise BootError("the VM's agent went away during start-up",
+                                console_tail=self._machine.console_tail()) from e
+            self._machine.exited.add_done_callback(self._on_machine_exit)
+            self.state = State.RUNNING
+        except BaseException:
+            self.state = State.FAILED
+            await self._teardown()
+            raise
+
+    def _on_machine_exit(self, _fut) -> None:
+        if self.state == State.RUNNING:
+            self.state = State.FAILED
+
+    async def _expire(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        await self.stop()
+
+    async def stop(self) -> None:
+        """Stop the VM and discard its disk. Safe to call more than once."""
+        if self.state in (State.STOPPED, State.STOPPING, State.CREATED):
+            return
+        self.state = State.STOPPING
+        try:
+            await self._teardown()
+        finally:
+            self.state = State.STOPPED
+
+    async def _teardown(self) -> None:
+        if self._timeout_task and self._timeout_task is not asyncio.current_task():
+            self._timeout_task.cancel()
+        if self._channel:
+            await self._channel.close()
+        if self._machine:
+            await self._machine.stop()
+
+    async def __aenter__(self) -> "AsyncSandbox":
+        if self.state == State.CREATED:
+            await self._boot()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+    def _require(self, *states: State) -> None:
+        if self.state not in states:
+            names = " or ".join(s.value for s in states)
+            detail = ""
+            if self.state == State.FAILED and self._machine is not None:
+                tail = self._machine.console_tail(10)
+                detail = f"; console tail:\n{tail}" if tail else ""
+            raise SandboxStateError(f"the sandbox is {self.state.value}, it must be {names}{detail}",
+                                    state=self.state.value, required=names)
+
+    def _live_channel(self) -> Channel:
+        self._require(State.RUNNING)
+        assert self._channel is not None
+        return self._channel
+
+    # ---- processes ---------------------------------------------------------------------
+
+    def _exec_options(self, cwd, env, user) -> dict:
+        merged_env = dict(self.config.env)
+        if env:
+            merged_env.update({str(k): str(v) for k, v in env.items()})
+        return {"cwd": cwd or self.config.workdir, "env": merged_env, "user": user}
+
+    async def exec(self, command: str | Sequence[str], *, cwd: str | None = None,
+                   env: Mapping[str, str] | None = None, user: str | None = None,
+                   timeout: float | None = None, stdin: bytes | str | None = None,
+                   shell: str = "sh") -> ExecResult:
+        """Run a command to completion and return its output and exit code. A string runs
+        through `shell -c`; a list is the argv. On `timeout` the process group is killed
+        and ExecTimeoutError carries the partial output."""
+        channel = self._live_channel()
+        if isinstance(stdin, str):
+            stdin = stdin.encode()
+        return await run_to_completion(channel.open_stream(), to_argv(command, shell),
+                                       stdin=stdin, timeout=timeout,
+                                       **self._exec_options(cwd, env, user))
+
+    async def spawn(self, command: str | Sequence[str], *, cwd: str | None = None,
+                    env: Mapping[str, str] | None = None, user: str | None = None,
+                    tty: bool = False, rows: int = 24, cols: int = 80,
+                    shell: str = "sh") -> Process:
+        """Start a process and return at once; see `Process` for its output and stdin."""
+        channel = self._live_channel()
+        argv = to_argv(command, shell)
+        stream = channel.open_stream()
+        options = self._exec_options(cwd, env, user)
+        if tty:
+            options.update(tty=True, rows=rows, cols=cols)
+        pid = await start_stream(stream, argv, **options)
+        return Process(stream, pid, argv)
+
+    @property
+    def accel(self) -> str | None:
+        """The accelerator the VM runs on ("kvm" or "tcg"), once started."""
+        return self._machine.accel.name if self._machine else None
+
+    def console_tail(self, lines: int = 40) -> str:
+        return self._machine.console_tail(lines) if self._machine else ""
+
+
+__all__ = ["AsyncSandbox", "State", "ShuruError"]
