@@ -76,6 +76,9 @@ class Agent:
         # A handler (not SIG_DFL) is needed for the wakeup fd to be written on SIGCHLD.
         signal.signal(signal.SIGCHLD, lambda *_: None)
         os.set_blocking(self.fd, False)
+        # An inherited channel fd (host subprocess mode) must not leak into processes we
+        # start: they would keep the channel open after the agent died.
+        os.set_inheritable(self.fd, False)
 
     # ---- channel -----------------------------------------------------------------------
 

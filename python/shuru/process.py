@@ -89,7 +89,9 @@ class Process:
         self._exit: asyncio.Future = asyncio.get_running_loop().create_future()
         self._pump = asyncio.create_task(self._run())
         self.exit_code: int | None = None
-        self.signal: int | None = None
+        self.exit_signal: int | None = None  # set when a signal ended the process
+        # A process nobody waits on may still die with its sandbox; that is not an error.
+        self._exit.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     def on(self, event: str, callback: Callable) -> "Process":
         """Register `callback(data: bytes)` for "stdout"/"stderr", `callback(exit_code)` for
@@ -117,7 +119,7 @@ class Process:
                         await self._queue.put(OutputChunk(name, msg["d"]))
                     await self._stream.consumed(msg["fd"], len(msg["d"]))
                 elif t == "exit":
-                    self.exit_code, self.signal = exit_status(msg)
+                    self.exit_code, self.exit_signal = exit_status(msg)
                     break
         except SandboxDiedError as e:
             if not self._exit.done():

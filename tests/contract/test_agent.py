@@ -1,0 +1,229 @@
+"""The guest agent, run on the host as a subprocess over a socketpair, driven through the
+host's real Channel and Process code. No VM: these pin the protocol's behaviour."""
+
+import asyncio
+import os
+import signal
+
+import pytest
+
+from shuru.channel import Channel
+from shuru.errors import ExecTimeoutError, ProtocolError, SandboxDiedError
+from shuru.process import Process, run_to_completion, start_stream
+from shuru_guest import wire
+
+
+async def run(ch: Channel, argv, stdin=None, timeout=30, **kw):
+    return await run_to_completion(ch.open_stream(), argv, stdin=stdin, timeout=timeout, **kw)
+
+
+async def spawn(ch: Channel, argv, **kw) -> Process:
+    stream = ch.open_stream()
+    pid = await start_stream(stream, argv, **kw)
+    return Process(stream, pid, argv)
+
+
+async def test_hello_reports_version_and_agent(agent):
+    assert agent.channel.guest_hello["version"] == wire.VERSION
+    assert agent.channel.guest_hello["pid"] == agent.proc.pid
+
+
+async def test_exit_code_stdout_stderr(agent):
+    r = await run(agent.channel, ["sh", "-c", "echo out; echo err >&2; exit 7"])
+    assert (r.stdout, r.stderr, r.exit_code) == ("out\n", "err\n", 7)
+
+
+async def test_command_not_found_is_127_with_message(agent):
+    r = await run(agent.channel, ["definitely-not-a-command"])
+    assert r.exit_code == 127
+    assert "definitely-not-a-command: command not found" in r.stderr
+
+
+async def test_not_executable_is_126(agent, tmp_path):
+    script = tmp_path / "s"
+    script.write_text("#!/bin/sh\n")
+    r = await run(agent.channel, [str(script)])
+    assert r.exit_code == 126
+
+
+async def test_env_and_cwd(agent, tmp_path):
+    r = await run(agent.channel, ["sh", "-c", 'echo "$FOO:$PWD"'], env={"FOO": "bar"},
+                  cwd=str(tmp_path))
+    assert r.stdout.strip() == f"bar:{tmp_path}"
+
+
+async def test_bad_cwd_is_an_error_not_a_start(agent):
+    from shuru.errors import ExecError
+    with pytest.raises(ExecError, match="/no/such/dir"):
+        await run(agent.channel, ["true"], cwd="/no/such/dir")
+    # the channel is still usable afterwards
+    assert (await run(agent.channel, ["true"])).exit_code == 0
+
+
+async def test_stdin_is_delivered_and_closed(agent):
+    r = await run(agent.channel, ["sh", "-c", "wc -c; cat"], stdin=b"abc" * 1000)
+    assert r.stdout.split()[0] == "3000"
+
+
+async def test_large_output_both_streams(agent):
+    # 8 MiB on stdout and 4 MiB on stderr at once: far beyond one window each.
+    r = await run(agent.channel, ["sh", "-c",
+                                  "head -c 8388608 /dev/zero & head -c 4194304 /dev/zero >&2; wait"])
+    assert len(r.stdout_bytes) == 8 * 1024 * 1024
+    assert len(r.stderr_bytes) == 4 * 1024 * 1024
+
+
+async def test_large_stdin_round_trip(agent):
+    data = os.urandom(5 * 1024 * 1024)
+    r = await run(agent.channel, ["cat"], stdin=data)
+    assert r.stdout_bytes == data
+
+
+async def test_flow_control_stops_a_producer_that_nobody_reads(agent):
+    ch = agent.channel
+    proc = await spawn(ch, ["sh", "-c", "head -c 20000000 /dev/zero; echo done >&2"])
+    stream = proc._stream
+    # Nobody iterates: chunks pile up in the iteration queue, which is bounded, so the
+    # host stops granting credit and the guest must stop after about a window or so.
+    await asyncio.wait_for(_until(lambda: proc._queue.full()), 30)
+    buffered = sum(len(c.data) for c in list(proc._queue._queue))
+    assert buffered <= 300 * wire.CHUNK
+    assert stream._received.get(1, 0) <= wire.WINDOW
+    # Draining lets it finish.
+    total = 0
+    async for chunk in proc:
+        if chunk.stream == "stdout":
+            total += len(chunk.data)
+    assert total == 20000000
+    assert await proc.wait() == 0
+
+
+async def _until(predicate):
+    while not predicate():
+        await asyncio.sleep(0.01)
+
+
+async def test_spawn_streams_output_and_takes_stdin(agent):
+    proc = await spawn(agent.channel, ["sh", "-c", 'echo ready; read line; echo "got $line"'])
+    seen = []
+    async for chunk in proc:
+        seen.append(chunk.text)
+        if "ready" in "".join(seen) and len(seen) == 1:
+            await proc.write("hello\n")
+    assert "".join(seen) == "ready\ngot hello\n"
+    assert await proc.wait() == 0
+
+
+async def test_callbacks_and_exit_event(agent):
+    out, codes = [], []
+    proc = await spawn(agent.channel, ["sh", "-c", "echo a; echo b >&2; exit 4"])
+    proc.on("stdout", out.append).on("exit", codes.append)
+    assert await proc.wait() == 4
+    await asyncio.sleep(0)
+    assert b"".join(out) == b"a\n" and codes == [4]
+
+
+async def test_signal_reaches_the_process_group(agent):
+    proc = await spawn(agent.channel, ["sh", "-c", "sleep 1000 & sleep 1000; echo never"])
+    await proc.signal(signal.SIGTERM)
+    code = await proc.wait(timeout=10)
+    assert code == 128 + signal.SIGTERM and proc.exit_signal == signal.SIGTERM
+
+
+async def test_kill(agent):
+    proc = await spawn(agent.channel, ["sleep", "1000"])
+    await proc.kill()
+    assert await proc.wait(timeout=10) == 137
+
+
+async def test_timeout_kills_group_and_keeps_partial_output(agent):
+    with pytest.raises(ExecTimeoutError) as e:
+        await run(agent.channel, ["sh", "-c", "echo partial; sleep 1000"], timeout=1)
+    assert e.value.stdout == b"partial\n"
+
+
+async def test_background_child_holding_stdout_does_not_hang(agent):
+    r = await run(agent.channel, ["sh", "-c", "sleep 1000 & echo started"], timeout=20)
+    assert r.stdout == "started\n" and r.exit_code == 0
+
+
+async def test_tty_session_with_size_and_resize(agent):
+    proc = await spawn(agent.channel, ["sh", "-c", "stty size; read x; stty size; tty"],
+                       tty=True, rows=33, cols=99)
+    text = b""
+    async for chunk in proc:
+        text += chunk.data
+        if text.count(b"\n") == 1 and b"33 99" in text:
+            await proc.resize(50, 120)
+            await proc.write(b"go\n")
+    assert await proc.wait() == 0
+    assert b"33 99" in text and b"50 120" in text and b"/dev/pts/" in text
+
+
+async def test_tty_ctrl_c_interrupts_the_foreground_process(agent):
+    proc = await spawn(agent.channel, ["sh", "-c", "echo go; sleep 1000"], tty=True)
+    async for chunk in proc:
+        if b"go" in chunk.data:
+            await proc.write(b"\x03")
+    assert await proc.wait(timeout=10) == 128 + signal.SIGINT
+
+
+async def test_many_concurrent_processes(agent):
+    results = await asyncio.gather(*(run(agent.channel, ["sh", "-c", f"echo {i}; exit {i % 5}"])
+                                     for i in range(20)))
+    assert [(r.stdout.strip(), r.exit_code) for r in results] == \
+        [(str(i), i % 5) for i in range(20)]
+
+
+async def test_agent_death_fails_calls_instead_of_hanging(agent):
+    proc = await spawn(agent.channel, ["sleep", "1000"])
+    agent.proc.kill()
+    with pytest.raises(SandboxDiedError):
+        await proc.wait(timeout=10)
+    with pytest.raises(SandboxDiedError):
+        await run(agent.channel, ["true"])
+
+
+async def test_guest_exceeding_its_window_is_a_protocol_error():
+    # A hostile "guest": says hello, then floods data beyond any credit.
+    import socket
+    host, guest = socket.socketpair()
+    reader, writer = await asyncio.open_connection(sock=host)
+    ch = Channel(reader, writer)
+    guest.sendall(wire.message("hello", version=wire.VERSION))
+    await ch.handshake()
+    stream = ch.open_stream()
+    chunk = wire.message("data", stream.id, fd=1, d=b"x" * wire.CHUNK)
+    guest.setblocking(False)
+    loop = asyncio.get_running_loop()
+    for _ in range(wire.WINDOW // wire.CHUNK + 2):
+        await loop.sock_sendall(guest, chunk)
+    with pytest.raises(ProtocolError, match="beyond"):
+        while True:
+            await stream.recv()
+    await ch.close()
+    guest.close()
+
+
+async def test_garbage_from_guest_is_a_protocol_error():
+    import socket
+    host, guest = socket.socketpair()
+    reader, writer = await asyncio.open_connection(sock=host)
+    ch = Channel(reader, writer)
+    guest.sendall(b"\xff\xff\xff\xff")
+    with pytest.raises(ProtocolError):
+        await ch.handshake()
+    await ch.close()
+    guest.close()
+
+
+async def test_version_mismatch_is_refused():
+    import socket
+    host, guest = socket.socketpair()
+    reader, writer = await asyncio.open_connection(sock=host)
+    ch = Channel(reader, writer)
+    guest.sendall(wire.message("hello", version=99))
+    with pytest.raises(ProtocolError, match="version 99"):
+        await ch.handshake()
+    await ch.close()
+    guest.close()
