@@ -66,6 +66,9 @@ class Agent:
         self.out = bytearray()
         self.procs: dict[int, Proc] = {}
         self.by_pid: dict[int, Proc] = {}
+        # Process groups of every exec of this connection, including ones whose leader has
+        # exited but whose background children live on; they all end with the connection.
+        self.groups: set[int] = set()
         self.connected = False
         self.running = True
         self.shutdown_requested = False
@@ -109,8 +112,13 @@ class Agent:
         self.connected = False
         self.out.clear()
         for proc in list(self.procs.values()):
-            self.kill_group(proc, signal.SIGKILL)
             self.close_proc_fds(proc)
+        for pgid in self.groups:
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except OSError:
+                pass
+        self.groups.clear()
         self.procs.clear()
         if not self.reconnectable:
             self.running = False
@@ -208,6 +216,7 @@ class Agent:
             return
         self.procs[s] = proc
         self.by_pid[proc.pid] = proc
+        self.groups.add(proc.pid)
         self.send("started", s, pid=proc.pid)
 
     # ---- processes ---------------------------------------------------------------------

@@ -34,10 +34,16 @@ class AgentProcess:
         return self.channel
 
     async def close(self) -> None:
+        """Close the channel and let the agent end its processes (as it does when a host
+        goes away), then make sure the agent itself is gone."""
         if self.channel:
             await self.channel.close()
-        self.proc.kill()
-        self.proc.wait()
+        self.sock.close()
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self.proc.wait), 10)
+        except asyncio.TimeoutError:
+            self.proc.kill()
+            self.proc.wait()
 
 
 @pytest.fixture

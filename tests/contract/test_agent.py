@@ -178,10 +178,13 @@ async def test_many_concurrent_processes(agent):
 async def test_agent_death_fails_calls_instead_of_hanging(agent):
     proc = await spawn(agent.channel, ["sleep", "1000"])
     agent.proc.kill()
-    with pytest.raises(SandboxDiedError):
-        await proc.wait(timeout=10)
-    with pytest.raises(SandboxDiedError):
-        await run(agent.channel, ["true"])
+    try:
+        with pytest.raises(SandboxDiedError):
+            await proc.wait(timeout=10)
+        with pytest.raises(SandboxDiedError):
+            await run(agent.channel, ["true"])
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)  # the agent died before it could end its children
 
 
 async def test_guest_exceeding_its_window_is_a_protocol_error():
