@@ -16,6 +16,7 @@ from .errors import (BootError, ConfigError, ExecError, ExecTimeoutError, GuestF
                      ShuruWarning)
 from .process import ExecResult, OutputChunk, Process
 from .sandbox import AsyncSandbox, State
+from .sync import Sandbox, SyncProcess
 
 try:
     __version__ = _version("shuru")
@@ -23,7 +24,7 @@ except PackageNotFoundError:  # running from a source tree without an install
     __version__ = "0+unknown"
 
 __all__ = [
-    "AsyncSandbox", "State", "ExecResult", "OutputChunk", "Process", "ShuruError",
+    "AsyncSandbox", "Sandbox", "SyncProcess", "State", "ExecResult", "OutputChunk", "Process", "ShuruError",
     "ShuruWarning", "BootError", "ConfigError", "ExecError", "ExecTimeoutError",
     "GuestFileError", "GuestFileNotFoundError", "GuestPermissionError", "HostError",
     "ImageError", "ProtocolError", "SandboxDiedError", "SandboxStateError", "__version__",

@@ -1,0 +1,158 @@
+"""`Sandbox` and `SyncProcess`: the synchronous twins of `AsyncSandbox` and `Process`.
+
+Async is written once. Each sync sandbox owns a private event loop on a daemon thread and
+runs the async methods there; every public async method of the async class appears here with
+the same name and signature (generated below, and checked by a test). The loop thread lives
+exactly as long as the sandbox, which matters: QEMU is tied to it with PDEATHSIG.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import threading
+from typing import Any, Callable, Iterator
+
+from .process import Process
+from .sandbox import AsyncSandbox
+
+
+class _LoopThread:
+    """An event loop running forever on its own daemon thread."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True,
+                                        name="shuru-loop")
+        self._thread.start()
+
+    def run(self, coro) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def close(self) -> None:
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join()
+        self.loop.close()
+
+
+def _wrap_result(value: Any, runner: _LoopThread) -> Any:
+    if isinstance(value, Process):
+        return SyncProcess(value, runner)
+    return value
+
+
+def _sync_method(name: str, async_fn: Callable) -> Callable:
+    @functools.wraps(async_fn)
+    def method(self, *args, **kwargs):
+        target = getattr(self._async, name)
+        return _wrap_result(self._runner.run(target(*args, **kwargs)), self._runner)
+
+    method.__signature__ = inspect.signature(async_fn)
+    return method
+
+
+def public_async_methods(cls: type) -> dict[str, Callable]:
+    """Public coroutine methods of `cls` (instance methods, not the `start` classmethod)."""
+    out = {}
+    for name, member in inspect.getmembers(cls):
+        if name.startswith("_") or name == "start":
+            continue
+        if inspect.iscoroutinefunction(member):
+            out[name] = member
+    return out
+
+
+class SyncProcess:
+    """A process in the sandbox, with blocking methods. Iterating yields OutputChunks."""
+
+    def __init__(self, process: Process, runner: _LoopThread):
+        self._async = process
+        self._runner = runner
+
+    @property
+    def pid(self) -> int:
+        return self._async.pid
+
+    @property
+    def exit_code(self) -> int | None:
+        return self._async.exit_code
+
+    def on(self, event: str, callback: Callable) -> "SyncProcess":
+        """Callbacks run on the sandbox's loop thread."""
+        self._async.on(event, callback)
+        return self
+
+    def __iter__(self) -> Iterator:
+        agen = self._async.__aiter__()
+        while True:
+            try:
+                yield self._runner.run(agen.__anext__())
+            except StopAsyncIteration:
+                return
+
+
+for _name, _fn in public_async_methods(Process).items():
+    setattr(SyncProcess, _name, _sync_method(_name, _fn))
+
+
+class Sandbox:
+    """A disposable Linux VM with a blocking API; see `AsyncSandbox` for the methods."""
+
+    def __init__(self, async_sandbox: AsyncSandbox, runner: _LoopThread):
+        self._async = async_sandbox
+        self._runner = runner
+
+    @classmethod
+    def start(cls, **kwargs) -> "Sandbox":
+        runner = _LoopThread()
+        try:
+            sandbox = runner.run(AsyncSandbox.start(**kwargs))
+        except BaseException:
+            runner.close()
+            raise
+        return cls(sandbox, runner)
+
+    @property
+    def state(self):
+        return self._async.state
+
+    @property
+    def config(self):
+        return self._async.config
+
+    @property
+    def accel(self):
+        return self._async.accel
+
+    def console_tail(self, lines: int = 40) -> str:
+        return self._async.console_tail(lines)
+
+    def stop(self) -> None:
+        """Stop the VM and discard its disk. Safe to call more than once."""
+        try:
+            self._runner.run(self._async.stop())
+        finally:
+            if self._runner.loop.is_running():
+                self._runner.close()
+
+    def __enter__(self) -> "Sandbox":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def __del__(self):
+        # A forgotten sandbox must not keep a VM running; stop() is idempotent.
+        try:
+            if self._runner.loop.is_running():
+                self.stop()
+        except Exception:
+            pass
+
+
+Sandbox.start.__func__.__signature__ = inspect.signature(AsyncSandbox.start)
+for _name, _fn in public_async_methods(AsyncSandbox).items():
+    if _name != "stop":
+        setattr(Sandbox, _name, _sync_method(_name, _fn))
