@@ -23,10 +23,7 @@ import sys
 import termios
 import time
 
-try:
-    from . import wire
-except ImportError:  # run as a script inside the guest
-    import wire  # type: ignore[no-redef]
+from . import fsops, wire
 
 AGENT_VERSION = "0.1.0"
 # After a process exits, its output pipes may stay open because a background child inherited
@@ -56,6 +53,25 @@ class Proc:
         self.exited_at = None
 
 
+class FileReader:
+    """A `read` stream: a regular file sent as data on fd 1 within the host's credit."""
+
+    def __init__(self, stream: int, fd: int):
+        self.stream = stream
+        self.fd = fd
+        self.credit = {1: wire.WINDOW}
+        self.size = 0
+
+
+class FileWriter:
+    """A `write` stream: data on fd 0 goes to the file; eof closes it and answers."""
+
+    def __init__(self, stream: int, fd: int):
+        self.stream = stream
+        self.fd = fd
+        self.size = 0
+
+
 class Agent:
     def __init__(self, fd: int, *, reconnectable: bool):
         self.fd = fd
@@ -69,6 +85,9 @@ class Agent:
         # Process groups of every exec of this connection, including ones whose leader has
         # exited but whose background children live on; they all end with the connection.
         self.groups: set[int] = set()
+        self.readers: dict[int, FileReader] = {}
+        self.writers: dict[int, FileWriter] = {}
+        self.watchers: dict[int, object] = {}
         self.connected = False
         self.running = True
         self.shutdown_requested = False
@@ -113,6 +132,8 @@ class Agent:
         self.out.clear()
         for proc in list(self.procs.values()):
             self.close_proc_fds(proc)
+        for stream in list(self.readers) + list(self.writers) + list(self.watchers):
+            self.end_file_stream(stream)
         for pgid in self.groups:
             try:
                 os.killpg(pgid, signal.SIGKILL)
@@ -178,6 +199,10 @@ class Agent:
             self.send("shutdown", 0)
         elif t == "exec":
             self.start_exec(s, msg)
+        elif t in ("fs", "read", "write", "watch"):
+            self.start_file_op(t, s, msg)
+        elif s in self.readers or s in self.writers or s in self.watchers:
+            self.file_stream_message(t, s, msg)
         else:
             proc = self.procs.get(s)
             if proc is None:
@@ -198,7 +223,7 @@ class Agent:
                 _set_winsize(proc.stdin_fd, msg["rows"], msg["cols"])
 
     def start_exec(self, s: int, msg: dict) -> None:
-        if s in self.procs:
+        if self.stream_busy(s):
             self.send("error", s, code="EBUSY", message=f"stream {s} is already in use")
             return
         argv = msg["argv"]
@@ -218,6 +243,97 @@ class Agent:
         self.by_pid[proc.pid] = proc
         self.groups.add(proc.pid)
         self.send("started", s, pid=proc.pid)
+
+    # ---- files -------------------------------------------------------------------------
+
+    def stream_busy(self, s: int) -> bool:
+        return any(s in table for table in (self.procs, self.readers, self.writers,
+                                              self.watchers))
+
+    def start_file_op(self, t: str, s: int, msg: dict) -> None:
+        if self.stream_busy(s):
+            self.send("error", s, code="EBUSY", message=f"stream {s} is already in use")
+            return
+        try:
+            if t == "fs":
+                op = fsops.OPS.get(msg["op"])
+                if op is None:
+                    raise fsops.RequestError(f"unknown fs op {msg['op']!r}")
+                self.send("result", s, value=op(msg))
+            elif t == "read":
+                self.readers[s] = FileReader(s, fsops.open_for_read(msg))
+            elif t == "write":
+                self.writers[s] = FileWriter(s, fsops.open_for_write(msg))
+            else:
+                from .watch import Watcher  # ctypes + inotify only when someone watches
+
+                path = fsops.check_path(msg["path"])
+                self.watchers[s] = Watcher(path, bool(msg.get("recursive", True)))
+                self.send("result", s, value=None)  # the watch is in place
+        except OSError as e:
+            self.send("error", s, **fsops.error_fields(e, msg))
+        except (TypeError, ValueError, OverflowError) as e:
+            self.send("error", s, code="EINVAL", message=f"bad {t} request: {e}")
+
+    def file_stream_message(self, t: str, s: int, msg: dict) -> None:
+        if t == "cancel":
+            self.end_file_stream(s)
+            self.send("result", s, value=None)
+        elif t == "credit" and s in self.readers and msg["fd"] == 1:
+            self.readers[s].credit[1] += max(0, msg["n"])
+        elif t == "data" and s in self.writers and msg["fd"] == 0:
+            writer = self.writers[s]
+            try:
+                _write_fully(writer.fd, msg["d"])
+            except OSError as e:
+                self.end_file_stream(s)
+                self.send("error", s, **fsops.error_fields(e, {"path": ""}))
+                return
+            writer.size += len(msg["d"])
+            self.send("credit", s, fd=0, n=len(msg["d"]))
+        elif t == "eof" and s in self.writers and msg["fd"] == 0:
+            size = self.writers[s].size
+            self.end_file_stream(s)
+            self.send("result", s, value={"size": size})
+
+    def end_file_stream(self, s: int) -> None:
+        for table in (self.readers, self.writers):
+            item = table.pop(s, None)
+            if item is not None:
+                _close(item.fd)
+        watcher = self.watchers.pop(s, None)
+        if watcher is not None:
+            self.forget_fd(watcher.fd)
+            watcher.close()
+
+    def pump_readers(self) -> None:
+        """Send one chunk per file being read that has credit; regular files cannot be
+        polled, so this runs every loop round (select does not block while it has work)."""
+        for reader in list(self.readers.values()):
+            want = min(reader.credit[1], wire.CHUNK)
+            if want <= 0:
+                continue
+            try:
+                data = os.read(reader.fd, want)
+            except OSError as e:
+                self.end_file_stream(reader.stream)
+                self.send("error", reader.stream, **fsops.error_fields(e, {"path": ""}))
+                continue
+            if data:
+                reader.credit[1] -= len(data)
+                reader.size += len(data)
+                self.send("data", reader.stream, fd=1, d=data)
+            else:
+                self.end_file_stream(reader.stream)
+                self.send("eof", reader.stream, fd=1)
+                self.send("result", reader.stream, value={"size": reader.size})
+
+    def service_watch(self, s: int) -> None:
+        watcher = self.watchers.get(s)
+        if watcher is None:
+            return
+        for event in watcher.read_events():
+            self.send("event", s, **event)
 
     # ---- processes ---------------------------------------------------------------------
 
@@ -349,6 +465,9 @@ class Agent:
                             want[fd] = want.get(fd, 0) | selectors.EVENT_READ
                 if proc.stdin_fd is not None and proc.stdin_buf:
                     want[proc.stdin_fd] = want.get(proc.stdin_fd, 0) | selectors.EVENT_WRITE
+            if not backed_up:
+                for watcher in self.watchers.values():
+                    want[watcher.fd] = selectors.EVENT_READ
         return want
 
     def update_registrations(self) -> None:
@@ -369,6 +488,9 @@ class Agent:
             del self.registered[fd]
 
     def timeout(self) -> float | None:
+        if self.readers and len(self.out) <= 4 * wire.WINDOW and any(
+                r.credit[1] > 0 for r in self.readers.values()):
+            return 0.0
         pending = [
             p.exited_at for p in self.procs.values()
             if p.status and p.out_fds and all(p.credit[f] > 0 for f in p.out_fds)
@@ -387,6 +509,8 @@ class Agent:
             self.finish(time.monotonic())
             if self.shutdown_requested and not self.out:
                 return
+            if len(self.out) <= 4 * wire.WINDOW:
+                self.pump_readers()
             self.update_registrations()
             for key, events in self.sel.select(self.timeout()):
                 fd = key.fd
@@ -403,6 +527,10 @@ class Agent:
             self.flush()
 
     def service_fd(self, fd: int, events: int) -> None:
+        for s, watcher in list(self.watchers.items()):
+            if watcher.fd == fd:
+                self.service_watch(s)
+                return
         for proc in list(self.procs.values()):
             if events & selectors.EVENT_WRITE and proc.stdin_fd == fd and proc.stdin_buf:
                 self.write_stdin(proc)
@@ -517,6 +645,13 @@ def _child(argv, env, workdir, pw, tty, fds, err_pipe) -> None:
             os._exit(127)
         os.write(2, f"shuru: {argv[0]}: {e.strerror}\n".encode())
         os._exit(126)
+
+
+def _write_fully(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
 
 
 def _read_all(fd: int) -> bytes:

@@ -53,7 +53,15 @@ SCHEMA: dict[str, dict[str, object]] = {
     "signal": {"sig": _INT, "group?": _BOOL},
     "resize": {"rows": _INT, "cols": _INT},
     "exit": {"code": (_INT, _NONE), "signal": (_INT, _NONE)},
-    "error": {"code": _STR, "message": _STR},
+    "error": {"code": _STR, "message": _STR, "path?": _STR},
+    # files and watches
+    "fs": {"op": _STR},  # further fields depend on op; the agent checks them
+    "result": {},  # "value": the op's result (any msgpack value)
+    "read": {"path": _STR},
+    "write": {"path": _STR, "mode?": (_INT, _NONE), "append?": _BOOL, "parents?": _BOOL},
+    "watch": {"path": _STR, "recursive?": _BOOL},
+    "event": {"kind": _STR, "path": _STR, "dest?": _STR, "is_dir?": _BOOL},
+    "cancel": {},
 }
 
 _UNPACK_LIMITS = dict(

@@ -19,6 +19,7 @@ from .backends.base import MachineSpec
 from .backends.select import default_backend
 from .channel import Channel
 from .errors import BootError, SandboxDiedError, SandboxStateError, ShuruError
+from .files import Files, Watch, start_watch
 from .image import current_image, shuru_home
 from .process import ExecResult, Process, run_to_completion, start_stream
 
@@ -63,6 +64,7 @@ class AsyncSandbox:
         self._machine = None
         self._channel: Channel | None = None
         self._timeout_task: asyncio.Task | None = None
+        self.files = Files(self._live_channel)
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -207,6 +209,11 @@ class AsyncSandbox:
             options.update(tty=True, rows=rows, cols=cols)
         pid = await start_stream(stream, argv, **options)
         return Process(stream, pid, argv)
+
+    async def watch(self, path: str, callback: Callable, *, recursive: bool = True) -> Watch:
+        """Watch a guest directory; `callback(WatchEvent)` gets create/modify/delete/rename
+        events (plain function or coroutine) until `await watch.stop()`."""
+        return await start_watch(self._live_channel(), path, callback, recursive)
 
     @property
     def accel(self) -> str | None:

@@ -1,0 +1,169 @@
+"""Filesystem operations the host asks for by name (`fs` messages): stat, list, mkdir, remove,
+rename, copy, chmod, exists, walk.
+
+Each is a plain function of the request's fields that returns a msgpack-able result or raises
+OSError; the agent turns OSError into an `error` reply carrying the errno name and the path.
+Paths must be absolute: the agent never guesses what a relative path is relative to.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat as st
+
+
+class RequestError(OSError):
+    """A malformed request (wrong argument), reported like an OSError with EINVAL."""
+
+    def __init__(self, message: str):
+        super().__init__(errno.EINVAL, message)
+
+
+def check_path(path: object, field: str = "path") -> str:
+    if not isinstance(path, str) or not path:
+        raise RequestError(f"{field} must be a non-empty string")
+    if not path.startswith("/"):
+        raise RequestError(f"{field} must be absolute, got {path!r}")
+    if "\0" in path:
+        raise RequestError(f"{field} contains a NUL byte")
+    return path
+
+
+def _kind(mode: int) -> str:
+    if st.S_ISDIR(mode):
+        return "dir"
+    if st.S_ISREG(mode):
+        return "file"
+    if st.S_ISLNK(mode):
+        return "symlink"
+    return "other"
+
+
+def describe(path: str, s: os.stat_result, name: str | None = None) -> dict:
+    return {
+        "name": name if name is not None else (os.path.basename(path.rstrip("/")) or "/"),
+        "path": path,
+        "type": _kind(s.st_mode),
+        "size": s.st_size,
+        "mode": st.S_IMODE(s.st_mode),
+        "mtime": s.st_mtime,
+        "uid": s.st_uid,
+        "gid": s.st_gid,
+    }
+
+
+def op_stat(req: dict) -> dict:
+    path = check_path(req.get("path"))
+    return describe(path, os.lstat(path))
+
+
+def op_exists(req: dict) -> bool:
+    return os.path.lexists(check_path(req.get("path")))
+
+
+def op_list(req: dict) -> list:
+    path = check_path(req.get("path"))
+    out = []
+    with os.scandir(path) as it:
+        for entry in it:
+            try:
+                s = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue  # vanished while listing
+            out.append(describe(os.path.join(path, entry.name), s, entry.name))
+    out.sort(key=lambda e: e["name"])
+    return out
+
+
+def op_walk(req: dict) -> list:
+    """Every entry under a directory (depth first), for copying trees out of the guest."""
+    root = check_path(req.get("path"))
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(dirnames) + sorted(filenames):
+            full = os.path.join(dirpath, name)
+            try:
+                out.append(describe(full, os.lstat(full), name))
+            except OSError:
+                continue
+    return out
+
+
+def op_mkdir(req: dict) -> None:
+    path = check_path(req.get("path"))
+    mode = req.get("mode", 0o755)
+    if req.get("parents", True):
+        os.makedirs(path, mode=mode, exist_ok=True)
+    else:
+        os.mkdir(path, mode)
+
+
+def op_remove(req: dict) -> None:
+    path = check_path(req.get("path"))
+    if path == "/":
+        raise RequestError("refusing to remove /")
+    if os.path.isdir(path) and not os.path.islink(path):
+        if req.get("recursive", True):
+            shutil.rmtree(path)
+        else:
+            os.rmdir(path)
+    else:
+        os.unlink(path)
+
+
+def op_rename(req: dict) -> None:
+    os.rename(check_path(req.get("path")), check_path(req.get("dest"), "dest"))
+
+
+def op_copy(req: dict) -> None:
+    src, dest = check_path(req.get("path")), check_path(req.get("dest"), "dest")
+    if os.path.isdir(src) and not os.path.islink(src):
+        shutil.copytree(src, dest, symlinks=True, dirs_exist_ok=True)
+    else:
+        shutil.copy2(src, dest, follow_symlinks=False)
+
+
+def op_chmod(req: dict) -> None:
+    mode = req.get("mode")
+    if not isinstance(mode, int) or isinstance(mode, bool) or not 0 <= mode <= 0o7777:
+        raise RequestError("mode must be an integer between 0 and 0o7777")
+    os.chmod(check_path(req.get("path")), mode)
+
+
+OPS = {
+    "stat": op_stat, "exists": op_exists, "list": op_list, "walk": op_walk, "mkdir": op_mkdir,
+    "remove": op_remove, "rename": op_rename, "copy": op_copy, "chmod": op_chmod,
+}
+
+
+def open_for_read(req: dict) -> int:
+    path = check_path(req.get("path"))
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    if st.S_ISDIR(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
+    return fd
+
+
+def open_for_write(req: dict) -> int:
+    path = check_path(req.get("path"))
+    if req.get("parents", True):
+        os.makedirs(os.path.dirname(path) or "/", exist_ok=True)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
+    flags |= os.O_APPEND if req.get("append") else os.O_TRUNC
+    mode = req.get("mode")
+    fd = os.open(path, flags, mode if isinstance(mode, int) else 0o644)
+    if isinstance(mode, int):
+        os.fchmod(fd, mode)  # the umask must not narrow an explicit mode
+    return fd
+
+
+def error_fields(e: OSError, req: dict) -> dict:
+    code = errno.errorcode.get(e.errno or 0, "EIO")
+    path = e.filename if isinstance(e.filename, str) else req.get("path")
+    text = e.strerror or str(e)
+    return {"code": code, "message": f"{path}: {text}" if path else text,
+            "path": path if isinstance(path, str) else ""}
