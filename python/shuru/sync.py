@@ -14,6 +14,7 @@ import inspect
 import threading
 from typing import Any, Callable, Iterator
 
+from .files import Files, Watch
 from .process import Process
 from .sandbox import AsyncSandbox
 
@@ -40,7 +41,35 @@ class _LoopThread:
 def _wrap_result(value: Any, runner: _LoopThread) -> Any:
     if isinstance(value, Process):
         return SyncProcess(value, runner)
+    if isinstance(value, Watch):
+        return SyncWatch(value, runner)
     return value
+
+
+def _sync_generator(name: str, async_gen_fn: Callable) -> Callable:
+    @functools.wraps(async_gen_fn)
+    def method(self, *args, **kwargs):
+        agen = getattr(self._async, name)(*args, **kwargs)
+        while True:
+            try:
+                yield self._runner.run(agen.__anext__())
+            except StopAsyncIteration:
+                return
+
+    method.__signature__ = inspect.signature(async_gen_fn)
+    return method
+
+
+def _mirror(sync_cls: type, async_cls: type, skip: tuple[str, ...] = ()) -> None:
+    """Give `sync_cls` a blocking twin of every public coroutine (and async generator)
+    method of `async_cls`."""
+    for name, member in inspect.getmembers(async_cls):
+        if name.startswith("_") or name in skip:
+            continue
+        if inspect.iscoroutinefunction(member):
+            setattr(sync_cls, name, _sync_method(name, member))
+        elif inspect.isasyncgenfunction(member):
+            setattr(sync_cls, name, _sync_generator(name, member))
 
 
 def _sync_method(name: str, async_fn: Callable) -> Callable:
@@ -93,8 +122,29 @@ class SyncProcess:
                 return
 
 
-for _name, _fn in public_async_methods(Process).items():
-    setattr(SyncProcess, _name, _sync_method(_name, _fn))
+_mirror(SyncProcess, Process)
+
+
+class _Proxy:
+    def __init__(self, target: Any, runner: _LoopThread):
+        self._async = target
+        self._runner = runner
+
+
+class SyncFiles(_Proxy):
+    """`sandbox.files` with blocking methods; `iter_read` yields chunks."""
+
+
+class SyncWatch(_Proxy):
+    """A running watch; `stop()` ends it. Callbacks run on the sandbox's loop thread."""
+
+    @property
+    def path(self) -> str:
+        return self._async.path
+
+
+_mirror(SyncFiles, Files)
+_mirror(SyncWatch, Watch)
 
 
 class Sandbox:
@@ -103,6 +153,7 @@ class Sandbox:
     def __init__(self, async_sandbox: AsyncSandbox, runner: _LoopThread):
         self._async = async_sandbox
         self._runner = runner
+        self.files = SyncFiles(async_sandbox.files, runner)
 
     @classmethod
     def start(cls, **kwargs) -> "Sandbox":
@@ -153,6 +204,4 @@ class Sandbox:
 
 
 Sandbox.start.__func__.__signature__ = inspect.signature(AsyncSandbox.start)
-for _name, _fn in public_async_methods(AsyncSandbox).items():
-    if _name != "stop":
-        setattr(Sandbox, _name, _sync_method(_name, _fn))
+_mirror(Sandbox, AsyncSandbox, skip=("start", "stop"))
