@@ -20,7 +20,7 @@ import time
 PORT_NAME = "org.shuru.agent"
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_libc.mount.argtypes = [ctypes.c_char_p] * 4 + [ctypes.c_ulong, ctypes.c_char_p]
+_libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
 
 MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
 
