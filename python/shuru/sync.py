@@ -203,5 +203,5 @@ class Sandbox:
             pass
 
 
-Sandbox.start.__func__.__signature__ = inspect.signature(AsyncSandbox.start)
+Sandbox.start.__func__.__signature__ = inspect.signature(AsyncSandbox.start.__func__)
 _mirror(Sandbox, AsyncSandbox, skip=("start", "stop"))
