@@ -23,7 +23,7 @@ from .files import Files, Watch, start_watch
 from .image import current_image, shuru_home
 from .process import ExecResult, Process, run_to_completion, start_stream
 
-BOOT_TIMEOUT = float(os.environ.get("SHURU_BOOT_TIMEOUT", "180"))
+BOOT_TIMEOUT = float(os.environ.get("SHURU_BOOT_TIMEOUT", "90"))
 
 
 class State(str, enum.Enum):
