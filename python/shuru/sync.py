@@ -29,6 +29,10 @@ class _LoopThread:
         self._thread.start()
 
     def run(self, coro) -> Any:
+        if self.loop.is_closed():
+            # The sandbox was stopped and its loop is gone; what remains to run is only the
+            # async side's state guard, which needs no VM, so a throwaway loop will do.
+            return asyncio.run(coro)
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
     def close(self) -> None:
@@ -182,11 +186,12 @@ class Sandbox:
 
     def stop(self) -> None:
         """Stop the VM and discard its disk. Safe to call more than once."""
+        if self._runner.loop.is_closed():
+            return
         try:
             self._runner.run(self._async.stop())
         finally:
-            if self._runner.loop.is_running():
-                self._runner.close()
+            self._runner.close()
 
     def __enter__(self) -> "Sandbox":
         return self
