@@ -120,7 +120,8 @@ async def _interactive(sandbox: AsyncSandbox, argv: list[str]) -> int:
         await proc.close_stdin()
 
     saved = termios.tcgetattr(0)
-    tty.setraw(0)
+    # TCSANOW, not setraw's default TCSAFLUSH: keys typed while the VM booted go to it.
+    tty.setraw(0, termios.TCSANOW)
     loop.add_reader(0, on_key)
     loop.add_signal_handler(signal.SIGWINCH, on_resize)
     forwarder = asyncio.create_task(forward())
