@@ -1,2 +1,6 @@
-"""The guest image recipe: which Debian packages the rootfs holds, which kernel modules the
-initramfs loads, and the initramfs's /init. `shuru.build` turns it into an image."""
+"""The guest image recipe: the Debian packages of the root filesystem (`packages.txt`), the
+kernel modules the initramfs loads (`modules.txt`) and the initramfs's `/init`.
+
+This package owns *what* goes into the image; `shuru.build` owns *how* it is built and
+`shuru.image` where the result lives.
+"""
