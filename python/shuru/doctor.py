@@ -60,17 +60,18 @@ def check_accel() -> Check:
 
 
 def check_image() -> Check:
-    from .image import current_image, verify
+    from .image import image_status
 
-    try:
-        image = current_image()
-        verify(image)
-    except ShuruError as e:
-        return Check("guest image", False, e.message, e.hint or "run `shuru init`")
-    m = image.manifest
-    return Check("guest image", True,
-                 f"{image.id} (Debian {m.get('debian_suite', '?')}, kernel "
-                 f"{m.get('kernel_version', '?')}) at {image.path}")
+    st = image_status()
+    if not st["ok"]:
+        return Check("guest image", False, st.get("error", "unusable"),
+                     st.get("hint") or "run `shuru init`")
+    detail = (f"{st['id']} (Debian {st.get('debian_suite')}, kernel {st.get('kernel_version')}, "
+              f"{st.get('disk_usage_bytes', 0) // (1024 * 1024)} MiB) at {st['path']}")
+    if st.get("stale"):
+        return Check("guest image", False, f"{detail}; stale: {st['stale_reason']}",
+                     "run `shuru init` to rebuild it for this version")
+    return Check("guest image", True, detail)
 
 
 def check_runtime_dir() -> Check:
