@@ -35,7 +35,7 @@ def floor_initrd(initrd: Path, dest: Path) -> Path:
 def floor_once(qemu: str, accel: accel_mod.Accel, kernel: Path, initrd: Path,
                cmdline: str) -> float:
     argv = [qemu, "-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-M", "microvm",
-            "-accel", accel.name, "-cpu", accel.cpu, "-smp", "2", "-m", "2048M",
+            "-accel", accel.qemu_arg, "-cpu", accel.cpu, "-smp", "2", "-m", "2048M",
             "-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline,
             "-serial", "stdio"]
     start = time.monotonic()

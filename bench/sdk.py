@@ -43,7 +43,7 @@ def serial_shell_round_trip(n: int) -> list[float]:
         cmdline = kernel_cmdline(verbose=False, tsc_khz=tsc) + " init=/bin/sh"
         proc = subprocess.Popen(
             [qemu, "-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-M", "microvm",
-             "-accel", accel.name, "-cpu", accel.cpu, "-smp", "2", "-m", "2048M",
+             "-accel", accel.qemu_arg, "-cpu", accel.cpu, "-smp", "2", "-m", "2048M",
              "-kernel", str(image.kernel), "-initrd", str(image.initrd), "-append", cmdline,
              "-drive", f"id=root,file={overlay},format=qcow2,if=none,cache=unsafe",
              "-device", "virtio-blk-device,drive=root", "-serial", "stdio"],

@@ -26,6 +26,18 @@ class Accel:
     cpu: str  # the -cpu model to use with it
     reason: str  # why this one (shown by `shuru doctor` and in the TCG warning)
 
+    @property
+    def qemu_arg(self) -> str:
+        """The -accel argument. TCG runs its vCPUs on one host thread unless
+        SHURU_TCG_THREAD=multi: QEMU 7.2's multi-threaded TCG occasionally ran a stale
+        translation of kernel code that another vCPU had just patched (a jump label), and
+        the guest crashed at boot. One thread makes code patching synchronous; the price is
+        that a guest's CPUs share one host core."""
+        if self.name != "tcg":
+            return self.name
+        thread = "multi" if os.environ.get("SHURU_TCG_THREAD") == "multi" else "single"
+        return f"tcg,thread={thread}"
+
 
 # cx16 off: QEMU 7.2's TCG corrupts state around a gs-prefixed CMPXCHG16B, which SLUB in
 # Linux 6.12 uses on every allocation; about one boot in ten crashed with it on, none in 50

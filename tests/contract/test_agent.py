@@ -161,10 +161,10 @@ async def test_tty_session_with_size_and_resize(agent):
 
 
 async def test_tty_ctrl_c_interrupts_the_foreground_process(agent):
-    proc = await spawn(agent.channel, ["sh", "-c", "echo go; sleep 1000"], tty=True)
-    async for chunk in proc:
-        if b"go" in chunk.data:
-            await proc.write(b"\x03")
+    # `started` arrives once the program has been executed on a PTY that is its controlling
+    # terminal, so the ^C below cannot race the process's start.
+    proc = await spawn(agent.channel, ["sleep", "1000"], tty=True)
+    await proc.write(b"\x03")
     assert await proc.wait(timeout=10) == 128 + signal.SIGINT
 
 

@@ -26,7 +26,7 @@ def test_isolated_direct_kernel_boot():
     assert _opt(argv, "-initrd") == ["/img/initrd.img"]
     assert _opt(argv, "-append") == ["CMDLINE"]
     assert _opt(argv, "-smp") == ["3"] and _opt(argv, "-m") == ["1536M"]
-    assert _opt(argv, "-accel") == ["tcg"] and _opt(argv, "-cpu") == ["max"]
+    assert _opt(argv, "-accel") == ["tcg,thread=single"] and _opt(argv, "-cpu") == ["max"]
 
 
 def test_no_network_device_and_no_user_nic():

@@ -27,3 +27,12 @@ def test_process_facade_matches():
     for name, fn in public_async_methods(Process).items():
         assert inspect.signature(getattr(SyncProcess, name)) == inspect.signature(fn), name
     assert {"pid", "exit_code", "on"} <= _public(SyncProcess)
+
+
+def test_files_and_watch_facades_match():
+    from shuru.files import Files, Watch
+    from shuru.sync import SyncFiles, SyncWatch
+    for sync_cls, async_cls in ((SyncFiles, Files), (SyncWatch, Watch)):
+        for name, fn in public_async_methods(async_cls).items():
+            assert inspect.signature(getattr(sync_cls, name)) == inspect.signature(fn), name
+    assert hasattr(SyncFiles, "iter_read")

@@ -75,7 +75,7 @@ def build_argv(qemu: str, spec: MachineSpec, accel: accel_mod.Accel, paths: RunP
     """The full QEMU command line for one sandbox."""
     argv = [
         qemu, "-name", name, "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
-        "-M", "microvm", "-accel", accel.name, "-cpu", accel.cpu,
+        "-M", "microvm", "-accel", accel.qemu_arg, "-cpu", accel.cpu,
         "-smp", str(spec.cpus), "-m", f"{spec.memory}M",
         "-kernel", str(spec.kernel),
     ]

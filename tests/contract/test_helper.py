@@ -1,0 +1,355 @@
+"""The SDK through the real Swift helper binary on Linux: `shuru-helper --driver process` runs
+the guest agent as a host process, so `AsyncSandbox` here goes through a real Unix socket, the
+helper protocol and real descriptor passing (the agent's socket reaches Python by SCM_RIGHTS),
+with no VM. Plus the helper's failure modes: missing, another protocol version, silent, dying
+early, and crashing mid-run — each a clear error naming the binary, never a hang.
+
+The helper is built once per session with `swift build`. Without a Swift toolchain these tests
+fail rather than skip: a skipped seam test is a hidden failure (scripts/setup installs Swift
+where it can; on this project's Linux machines it lives in /opt/swift).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from shuru import AsyncSandbox
+from shuru.backends import helper as helper_mod
+from shuru.errors import BootError, HostError, ProtocolError, SandboxDiedError, ShuruError
+
+ROOT = Path(__file__).resolve().parents[2]
+HELPER_DIR = ROOT / "helper"
+
+
+def find_swift() -> str | None:
+    return shutil.which("swift") or next(
+        (p for p in ("/opt/swift/usr/bin/swift",) if os.access(p, os.X_OK)), None)
+
+
+@pytest.fixture(scope="session")
+def helper_binary() -> Path:
+    swift = find_swift()
+    if swift is None:
+        pytest.fail("no Swift toolchain (swift on PATH or /opt/swift/usr/bin/swift): the helper's "
+                    "contract tests build helper/ with `swift build` and cannot run without it",
+                    pytrace=False)
+    build = subprocess.run([swift, "build", "--product", "shuru-helper"], cwd=HELPER_DIR,
+                           capture_output=True, text=True, timeout=900)
+    if build.returncode != 0:
+        pytest.fail(f"swift build failed in {HELPER_DIR}:\n{build.stdout}\n{build.stderr}",
+                    pytrace=False)
+    binary = HELPER_DIR / ".build/debug/shuru-helper"
+    assert binary.is_file(), f"swift build succeeded but {binary} is missing"
+    return binary
+
+
+@pytest.fixture
+def boot_files(tmp_path) -> dict:
+    """Boot files the process driver ignores but the sandbox's config requires."""
+    kernel, rootfs = tmp_path / "vmlinuz", tmp_path / "rootfs.img"
+    kernel.write_bytes(b"not a kernel")
+    rootfs.write_bytes(b"not a disk")
+    return {"kernel": str(kernel), "rootfs": str(rootfs)}
+
+
+@pytest.fixture
+def helper_env(monkeypatch, helper_binary, tmp_path):
+    monkeypatch.setenv("SHURU_BACKEND", "helper")
+    monkeypatch.setenv("SHURU_HELPER", str(helper_binary))
+    monkeypatch.delenv("SHURU_HELPER_AGENT_COMMAND", raising=False)
+    runtime = Path(f"/tmp/shuru-helper-test-{os.getpid()}-{tmp_path.name[-10:]}")
+    monkeypatch.setenv("SHURU_RUNTIME_DIR", str(runtime))
+    yield runtime
+    shutil.rmtree(runtime, ignore_errors=True)
+
+
+@pytest.fixture
+async def sandbox(helper_env, boot_files):
+    sb = await AsyncSandbox.start(**boot_files)
+    yield sb
+    await sb.stop()
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is gone for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+async def wait_until(check, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        await asyncio.sleep(0.02)
+    return check()
+
+
+# ---- the SDK through the helper ------------------------------------------------------------
+
+
+async def test_exec_output_and_exit_codes(sandbox):
+    assert sandbox.accel == "process"
+    r = await sandbox.exec("echo out; echo err >&2; exit 3")
+    assert (r.stdout, r.stderr, r.exit_code) == ("out\n", "err\n", 3)
+    missing = await sandbox.exec(["definitely-not-a-command"])
+    assert missing.exit_code == 127
+    assert "definitely-not-a-command: command not found" in missing.stderr
+
+
+async def test_exec_stdin_env_and_large_output(sandbox):
+    r = await sandbox.exec(["sh", "-c", 'echo "$GREETING"; wc -c'], env={"GREETING": "hi"},
+                           stdin=b"x" * 100_000)
+    assert r.stdout.split() == ["hi", "100000"]
+    big = await sandbox.exec("head -c 3000000 /dev/zero")
+    assert len(big.stdout_bytes) == 3_000_000
+
+
+async def test_spawn_streams_stdin_and_stdout(sandbox):
+    proc = await sandbox.spawn(["sh", "-c", "while read line; do echo got:$line; done"])
+    await proc.write("one\n")
+    await proc.write("two\n")
+    await proc.close_stdin()
+    chunks = [chunk.text async for chunk in proc]
+    assert "".join(chunks) == "got:one\ngot:two\n"
+    assert await proc.wait(timeout=10) == 0
+
+
+async def test_signals_reach_the_process(sandbox):
+    proc = await sandbox.spawn(["sleep", "30"])
+    await proc.signal(signal.SIGTERM)
+    assert await proc.wait(timeout=10) == 128 + signal.SIGTERM
+
+
+async def test_files_round_trip(sandbox, tmp_path):
+    path = str(tmp_path / "through-the-helper.txt")
+    assert await sandbox.files.write(path, "héllo") == 6
+    assert await sandbox.files.read_text(path) == "héllo"
+    assert (tmp_path / "through-the-helper.txt").read_text() == "héllo"
+
+
+async def test_stop_ends_helper_agent_and_run_dir(helper_env, boot_files):
+    sb = await AsyncSandbox.start(**boot_files)
+    helper_pid = sb._machine.pid
+    agent_pid = sb._channel.guest_hello["pid"]
+    rundir = sb._machine.rundir.path
+    assert alive(helper_pid) and alive(agent_pid) and rundir.is_dir()
+    await sb.stop()
+    assert await wait_until(lambda: not alive(helper_pid) and not alive(agent_pid))
+    assert not rundir.exists()
+    await sb.stop()  # again: nothing to do
+
+
+async def test_console_lines_arrive_as_events(helper_env, boot_files, monkeypatch):
+    # The process driver's "console" is the agent's stderr; a wrapper writes a line to it.
+    monkeypatch.setenv("SHURU_HELPER_AGENT_COMMAND", json.dumps([
+        "sh", "-c", 'echo "console: booting agent" >&2; exec "$0" -m shuru_guest --fd {fd}',
+        sys.executable]))
+    seen: list[bytes] = []
+    sb = await AsyncSandbox.start(on_console=seen.append, **boot_files)
+    try:
+        assert await wait_until(lambda: b"console: booting agent\n" in seen)
+        assert "console: booting agent" in sb.console_tail()
+    finally:
+        await sb.stop()
+
+
+# ---- failures ----------------------------------------------------------------------------
+
+
+async def test_missing_helper_is_a_host_error_naming_the_path(helper_env, boot_files, monkeypatch):
+    monkeypatch.setenv("SHURU_HELPER", "/nonexistent/shuru-helper")
+    with pytest.raises(HostError, match="/nonexistent/shuru-helper"):
+        await AsyncSandbox.start(**boot_files)
+
+
+def fake_helper(tmp_path: Path, body: str) -> Path:
+    """An executable Python script that stands in for shuru-helper: it listens on --socket,
+    says ready, accepts one client, then runs `body` with `conn`, `recv()` and `send(msg)`."""
+    script = tmp_path / "fake-helper"
+    script.write_text(f"#!{sys.executable}\n" + textwrap.dedent("""\
+        import socket, struct, sys, time
+        import msgpack
+        path = sys.argv[sys.argv.index("--socket") + 1]
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(path)
+        server.listen(1)
+        print("ready", flush=True)
+        conn, _ = server.accept()
+        def recv():
+            header = conn.recv(4, socket.MSG_WAITALL)
+            return msgpack.unpackb(conn.recv(struct.unpack(">I", header)[0], socket.MSG_WAITALL))
+        def send(msg):
+            payload = msgpack.packb(msg)
+            conn.sendall(struct.pack(">I", len(payload)) + payload)
+        """) + textwrap.dedent(body))
+    script.chmod(0o755)
+    return script
+
+
+@pytest.mark.parametrize("answer", [
+    'send({"id": hello["id"], "ok": True, "version": 99, "helper": "9.9", "driver": "vz"})',
+    'send({"id": hello["id"], "ok": False, "error": {"code": "EVERSION", "version": 99,'
+    ' "message": "the client speaks version 1, this helper speaks version 99"}})',
+], ids=["hello-with-version-99", "EVERSION-reply"])
+async def test_other_protocol_version_names_binary_and_versions(helper_env, boot_files, tmp_path,
+                                                               monkeypatch, answer):
+    fake = fake_helper(tmp_path, f"""
+        hello = recv()
+        {answer}
+        conn.recv(1)  # until the client hangs up
+        """)
+    monkeypatch.setenv("SHURU_HELPER", str(fake))
+    with pytest.raises(ProtocolError) as info:
+        await asyncio.wait_for(AsyncSandbox.start(**boot_files), 30)
+    message = str(info.value)
+    assert str(fake) in message and "version 99" in message and "version 1" in message
+
+
+async def test_helper_dying_before_ready_shows_its_stderr(helper_env, boot_files, tmp_path,
+                                                          monkeypatch):
+    script = tmp_path / "broken-helper"
+    script.write_text("#!/bin/sh\necho 'dyld: missing Virtualization.framework' >&2\nexit 3\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("SHURU_HELPER", str(script))
+    with pytest.raises(BootError) as info:
+        await asyncio.wait_for(AsyncSandbox.start(**boot_files), 30)
+    message = str(info.value)
+    assert str(script) in message and "status 3" in message and "missing Virtualization" in message
+
+
+async def test_silent_helper_times_out(helper_env, boot_files, tmp_path, monkeypatch):
+    script = tmp_path / "silent-helper"
+    script.write_text("#!/bin/sh\nexec sleep 60\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("SHURU_HELPER", str(script))
+    monkeypatch.setattr(helper_mod, "READY_TIMEOUT", 0.5)
+    started = time.monotonic()
+    with pytest.raises(BootError, match="did not report ready"):
+        await asyncio.wait_for(AsyncSandbox.start(**boot_files), 30)
+    assert time.monotonic() - started < 10
+
+
+async def test_helper_that_never_answers_a_request_times_out(helper_env, boot_files, tmp_path,
+                                                             monkeypatch):
+    fake = fake_helper(tmp_path, "recv()\ntime.sleep(60)\n")
+    monkeypatch.setenv("SHURU_HELPER", str(fake))
+    monkeypatch.setattr(helper_mod, "REQUEST_TIMEOUT", 0.5)
+    with pytest.raises(BootError, match="did not answer 'hello'"):
+        await asyncio.wait_for(AsyncSandbox.start(**boot_files), 30)
+
+
+async def test_helper_breaking_the_protocol_is_a_protocol_error(helper_env, boot_files, tmp_path,
+                                                                monkeypatch):
+    fake = fake_helper(tmp_path, 'recv()\nconn.sendall(b"\\x00\\x00\\x00\\x00")\nconn.recv(1)\n')
+    monkeypatch.setenv("SHURU_HELPER", str(fake))
+    with pytest.raises(ShuruError, match="broke the helper protocol"):
+        await asyncio.wait_for(AsyncSandbox.start(**boot_files), 30)
+
+
+async def test_helper_crash_mid_run_fails_calls_without_hanging(sandbox):
+    proc = await sandbox.spawn(["sleep", "30"])
+    agent_pid = sandbox._channel.guest_hello["pid"]
+    os.kill(sandbox._machine.pid, signal.SIGKILL)
+    started = time.monotonic()
+    with pytest.raises(SandboxDiedError) as info:
+        await asyncio.wait_for(proc.wait(), 30)
+    assert time.monotonic() - started < 10
+    assert str(sandbox._machine.binary) in str(info.value), "the error names the helper binary"
+    assert "signal 9" in str(info.value)
+    with pytest.raises(ShuruError):
+        await asyncio.wait_for(sandbox.exec("true"), 30)
+    # With the helper gone, the agent loses its channel and ends itself and its processes.
+    assert await wait_until(lambda: not alive(agent_pid))
+
+
+async def test_vm_config_refused_by_the_helper_is_a_boot_error(helper_env, boot_files, monkeypatch):
+    monkeypatch.setenv("SHURU_HELPER_AGENT_COMMAND", '["/no/such/agent", "{fd}"]')
+    with pytest.raises(ShuruError) as info:
+        await asyncio.wait_for(AsyncSandbox.start(**boot_files), 60)
+    assert "/no/such/agent" in str(info.value) or "status 127" in str(info.value)
+
+
+# ---- the agent and files contract suites, again, through the helper ----------------------
+#
+# Every test of tests/contract/test_agent.py and test_files.py that uses the `agent` fixture
+# runs once more here, with `agent` provided by the real helper instead of a direct
+# socketpair: the same Channel, now over the descriptor the helper passed.
+
+class HelperAgent:
+    """The conftest `agent` fixture's shape (`channel`, `proc.pid`, `proc.kill()`), with the
+    agent started by shuru-helper and its channel received over SCM_RIGHTS."""
+
+    class _Proc:
+        def __init__(self, pid: int):
+            self.pid = pid
+
+        def kill(self) -> None:
+            os.kill(self.pid, signal.SIGKILL)
+
+    def __init__(self, channel, machine):
+        self.channel = channel
+        self.machine = machine
+        self.proc = self._Proc(channel.guest_hello["pid"])
+
+
+@pytest.fixture
+async def agent(helper_env, boot_files, tmp_path):
+    from shuru.backends.base import MachineSpec
+    from shuru.backends.helper import HelperBackend
+    from shuru.channel import Channel
+
+    spec = MachineSpec(kernel=Path(boot_files["kernel"]), initrd=None,
+                       rootfs=Path(boot_files["rootfs"]), cpus=1, memory=256, disk_size=256)
+    machine = await HelperBackend(tmp_path, driver="process").start(spec)
+    channel = Channel(*machine.agent, describe_death=machine.console_tail)
+    try:
+        await channel.handshake()
+        yield HelperAgent(channel, machine)
+    finally:
+        await channel.close()
+        await machine.stop()
+
+
+def _suites_through_the_helper() -> dict:
+    import inspect
+
+    from tests.contract import test_agent, test_files
+
+    tests = {"files": test_files.files}  # the files suite's own fixture, built on `agent`
+    for suite in (test_agent, test_files):
+        for name, fn in vars(suite).items():
+            if name.startswith("test_") and {"agent", "files"} & set(inspect.signature(fn).parameters):
+                tests[f"{name}__via_helper"] = fn
+    return tests
+
+
+globals().update(_suites_through_the_helper())
+
+
+def test_scripts_test_runs_swift_test_when_a_toolchain_is_present():
+    """CI runs scripts/test: it must run the helper's `swift test`, finding Swift on PATH or in
+    /opt/swift, and only skip (saying so) when there is no toolchain at all."""
+    script = (ROOT / "scripts/test").read_text()
+    assert "helper/Package.swift" in script
+    assert "command -v swift" in script and "/opt/swift/usr/bin/swift" in script
+    assert '(cd helper && "$SWIFT" test)' in script
+    assert "no Swift toolchain" in script
