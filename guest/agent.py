@@ -582,8 +582,17 @@ def spawn(stream: int, argv: list[str], env: dict, msg: dict) -> Proc:
         err_r, err_w = os.pipe()
         child_fds = (in_r, out_w, err_w)
         parent_close = [in_r, out_w, err_w]
-    err_pipe_r, err_pipe_w = os.pipe()
+    if not tty and pw is None:
+        pid = _spawn_fast(argv, full_env, workdir, child_fds)
+        if pid is not None:
+            for fd in parent_close:
+                os.close(fd)
+            for fd in (in_w, out_r, err_r):
+                if fd is not None:
+                    os.set_blocking(fd, False)
+            return Proc(stream, pid, False, in_w, {1: out_r, 2: err_r})
 
+    err_pipe_r, err_pipe_w = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: no Python-level cleanup may run here, only exec or _exit
         try:
@@ -612,12 +621,50 @@ def spawn(stream: int, argv: list[str], env: dict, msg: dict) -> Proc:
     return Proc(stream, pid, False, in_w, {1: out_r, 2: err_r})
 
 
+_DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD, signal.SIGINT,
+                    signal.SIGTERM)
+
+
+def _spawn_fast(argv: list[str], env: dict, workdir: str, fds) -> int | None:
+    """The common case (piped, as the agent's user) through posix_spawn, which glibc does
+    with vfork semantics: no copy of the agent's page tables, which under TCG is most of an
+    exec's cost. Returns None when anything is off, so the fork path can report it exactly
+    as a shell would (command not found, bad working directory)."""
+    exe = _which(argv[0], env.get("PATH", DEFAULT_PATH))
+    if exe is None:
+        return None
+    here = os.getcwd()
+    try:
+        os.chdir(workdir)  # posix_spawn has no chdir action here; the agent is one thread
+    except OSError:
+        return None
+    try:
+        return os.posix_spawn(
+            exe, argv, env, setsid=True, setsigdef=_DEFAULT_SIGNALS, setsigmask=(),
+            file_actions=[(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(fds)],
+        )
+    except OSError:
+        return None
+    finally:
+        os.chdir(here)
+
+
+def _which(name: str, path: str) -> str | None:
+    if "/" in name:
+        return name
+    for directory in path.split(":"):
+        candidate = os.path.join(directory or ".", name)
+        if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
+            return candidate
+    return None
+
+
 def _child(argv, env, workdir, pw, tty, fds, err_pipe) -> None:
     def fail(code: str, text: str) -> None:
         os.write(err_pipe, f"{code}:{text}".encode())
         os._exit(126)
 
-    for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
+    for sig in _DEFAULT_SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
     signal.set_wakeup_fd(-1)
     os.setsid()  # own session and process group: signals and timeouts reach the whole tree
