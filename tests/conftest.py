@@ -4,7 +4,6 @@ socketpair; integration tests boot real VMs (see tests/integration/conftest.py).
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import subprocess
 import sys

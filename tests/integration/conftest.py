@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from shuru.image import current_image
 
 ROOT = Path(__file__).resolve().parents[2]
 SHURU = str(Path(sys.executable).with_name("shuru"))

@@ -1,6 +1,5 @@
 """`shuru run` with a terminal: driven through tmux like a person at a keyboard."""
 
-import os
 import shutil
 import subprocess
 import time

@@ -1,7 +1,6 @@
 """The helper backend's pure parts: finding the binary, the agent command, the VM config it
 sends, and the one place that picks a backend. No helper process, no socket."""
 
-import json
 import sys
 from pathlib import Path
 
