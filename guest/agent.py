@@ -12,6 +12,7 @@ as a subprocess for contract tests.
 
 from __future__ import annotations
 
+import collections
 import errno
 import fcntl
 import os
@@ -53,6 +54,40 @@ class Proc:
         self.exited_at = None
 
 
+class OutQueue:
+    """Frames waiting for the channel. A virtio-serial port takes at most 32 KiB per write,
+    so a flat buffer trimmed from the front would move megabytes per write under load; this
+    keeps whole frames and an offset into the first."""
+
+    def __init__(self):
+        self._frames: collections.deque[bytes] = collections.deque()
+        self._offset = 0
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def append(self, frame: bytes) -> None:
+        self._frames.append(frame)
+        self.size += len(frame)
+
+    def clear(self) -> None:
+        self._frames.clear()
+        self._offset = 0
+        self.size = 0
+
+    def write_to(self, fd: int) -> None:
+        """Write until the fd would block or nothing is left."""
+        while self._frames:
+            head = self._frames[0]
+            n = os.write(fd, memoryview(head)[self._offset:])
+            self.size -= n
+            self._offset += n
+            if self._offset == len(head):
+                self._frames.popleft()
+                self._offset = 0
+
+
 class FileReader:
     """A `read` stream: a regular file sent as data on fd 1 within the host's credit."""
 
@@ -79,7 +114,7 @@ class Agent:
         self.sel = selectors.DefaultSelector()
         self.registered: dict[int, int] = {}
         self.decoder = wire.FrameDecoder()
-        self.out = bytearray()
+        self.out = OutQueue()
         self.procs: dict[int, Proc] = {}
         self.by_pid: dict[int, Proc] = {}
         # Process groups of every exec of this connection, including ones whose leader has
@@ -102,11 +137,18 @@ class Agent:
         # start: they would keep the channel open after the agent died.
         os.set_inheritable(self.fd, False)
 
+    def close(self) -> None:
+        """Release what this agent holds (for serving a new connection with a new agent)."""
+        signal.set_wakeup_fd(-1)
+        self.sel.close()
+        for fd in (self.wake_r, self.wake_w, self.fd):
+            _close(fd)
+
     # ---- channel -----------------------------------------------------------------------
 
     def send(self, t: str, s: int = wire.CONTROL, **fields) -> None:
         if self.connected:
-            self.out += wire.message(t, s, **fields)
+            self.out.append(wire.message(t, s, **fields))
 
     def greet(self) -> None:
         """Send hello. On a virtio port this blocks until the host connects, which makes a
@@ -173,7 +215,7 @@ class Agent:
         if not self.out:
             return
         try:
-            n = os.write(self.fd, self.out)
+            self.out.write_to(self.fd)
         except BlockingIOError:
             return
         except OSError as e:
@@ -181,7 +223,6 @@ class Agent:
                 self.on_disconnect()
                 return
             raise
-        del self.out[:n]
 
     # ---- messages ----------------------------------------------------------------------
 

@@ -71,12 +71,17 @@ def loopback_up() -> None:
         fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH14s", b"lo", flags | IFF_UP, b""))
 
 
-def root_device() -> str:
+def cmdline_arg(name: str, default: str | None = None) -> str | None:
     with open("/proc/cmdline") as f:
         for arg in f.read().split():
-            if arg.startswith("root=/dev/"):
-                return arg[len("root="):]
-    return "/dev/vda"
+            if arg.startswith(name + "="):
+                return arg[len(name) + 1:]
+    return default
+
+
+def root_device() -> str:
+    root = cmdline_arg("root", "/dev/vda")
+    return root if root.startswith("/dev/") else "/dev/vda"
 
 
 def grow_root(device: str) -> None:
@@ -127,6 +132,30 @@ def find_port(timeout: float = 10.0) -> str:
         time.sleep(0.02)  # device probing is asynchronous; this is boot-time polling only
 
 
+def serve_vsock(port: int) -> None:
+    """Virtualization.framework has no virtio-serial: there the host reaches the agent over
+    vsock. Serve one host connection at a time; a new one after a restore, like the port."""
+    from .agent import Agent
+
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.execv("/usr/sbin/modprobe", ["modprobe", "vmw_vsock_virtio_transport"])
+        finally:
+            os._exit(127)
+    os.waitpid(pid, 0)
+    listener = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+    listener.bind((socket.VMADDR_CID_ANY, port))
+    listener.listen(1)
+    while True:
+        conn, _ = listener.accept()
+        agent = Agent(conn.detach(), reconnectable=False)
+        agent.serve()
+        agent.close()
+        if agent.shutdown_requested:
+            return
+
+
 def power_off() -> None:
     os.sync()
     try:
@@ -150,11 +179,13 @@ def main() -> int:
         log(f"loopback: {e}")
     os.chdir("/root" if os.path.isdir("/root") else "/")
     grow_root(root_device())
-    port = find_port()
-    fd = os.open(port, os.O_RDWR | os.O_NOCTTY)
-    agent = Agent(fd, reconnectable=True)
+    channel = cmdline_arg("shuru.agent", "virtio-serial")
     try:
-        agent.serve()
+        if channel.startswith("vsock:"):
+            serve_vsock(int(channel.split(":", 1)[1]))
+        else:
+            fd = os.open(find_port(), os.O_RDWR | os.O_NOCTTY)
+            Agent(fd, reconnectable=True).serve()
     finally:
         power_off()
     return 0
