@@ -11,8 +11,8 @@ from shuru import AsyncSandbox
 SERVER = """#!/bin/sh
 echo "server: ready"
 while read line; do
-  echo "server: got $line"
   echo "$line" > /app/last-message
+  echo "server: got $line"
 done
 """
 
