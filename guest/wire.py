@@ -129,11 +129,14 @@ def validate(msg: object) -> None:
 
 
 class FrameDecoder:
-    """Incremental frame splitter: feed bytes as they arrive, get whole messages out."""
+    """Incremental frame splitter: feed bytes as they arrive, get whole messages out.
+    `decode` turns one payload into a message (another protocol on the same framing, such as
+    the helper's, passes its own)."""
 
-    def __init__(self, max_frame: int = MAX_FRAME):
+    def __init__(self, max_frame: int = MAX_FRAME, decode=None):
         self._buf = bytearray()
         self._max = max_frame
+        self._decode = decode or decode_payload
 
     def feed(self, data: bytes) -> list[dict]:
         self._buf += data
@@ -147,7 +150,7 @@ class FrameDecoder:
                 break
             payload = bytes(self._buf[HEADER.size : end])
             del self._buf[:end]
-            out.append(decode_payload(payload))
+            out.append(self._decode(payload))
         return out
 
     @property

@@ -1,26 +1,18 @@
 """The helper protocol against its golden vectors (protocol/vectors/helper.json), which
 `swift test` loads too, so Python and the Swift helper agree on every byte."""
 
-import json
-from pathlib import Path
-
 import msgpack
 import pytest
+
+from tests import vectors
 
 from shuru.backends import helper_protocol as hp
 from shuru_guest.wire import WireError
 
-VECTORS = json.loads((Path(__file__).parents[2] / "protocol/vectors/helper.json").read_text())
+VECTORS = vectors.load("helper")
 
 
-def _value(v):
-    if isinstance(v, dict) and set(v) == {"$bin"}:
-        return bytes.fromhex(v["$bin"])
-    if isinstance(v, dict):
-        return {k: _value(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_value(x) for x in v]
-    return v
+_value = vectors.value
 
 
 def _decode_and_validate(frame: bytes, kind: str) -> object:

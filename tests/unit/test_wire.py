@@ -1,23 +1,15 @@
 """The frame format against the golden vectors in protocol/vectors/agent.json."""
 
-import json
-from pathlib import Path
-
 import pytest
+
+from tests import vectors
 
 from shuru_guest import wire
 
-VECTORS = json.loads((Path(__file__).parents[2] / "protocol/vectors/agent.json").read_text())
+VECTORS = vectors.load("agent")
 
 
-def _value(v):
-    if isinstance(v, dict) and set(v) == {"$bin"}:
-        return bytes.fromhex(v["$bin"])
-    if isinstance(v, dict):
-        return {k: _value(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_value(x) for x in v]
-    return v
+_value = vectors.value
 
 
 @pytest.mark.parametrize("case", VECTORS["valid"], ids=lambda c: c["name"])

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import msgpack
 
-from shuru_guest.wire import HEADER, MAX_FRAME, WireError
+from shuru_guest.wire import HEADER, MAX_FRAME, FrameDecoder, WireError
 
 VERSION = 1
 MAX_DEPTH = 32  # containers nested deeper than this are refused; the frame's map is depth 1
@@ -182,27 +182,9 @@ def validate_incoming(msg: object) -> str:
     return kind
 
 
-class FrameSplitter:
-    """Incremental frame splitter: feed bytes, get decoded (unvalidated) values out."""
+class FrameSplitter(FrameDecoder):
+    """Incremental frame splitter for helper frames: the agent protocol's framing, with this
+    protocol's decoding (values come out unvalidated; `classify`/`validate` check them)."""
 
     def __init__(self):
-        self._buf = bytearray()
-
-    def feed(self, data: bytes) -> list[object]:
-        self._buf += data
-        out = []
-        while len(self._buf) >= HEADER.size:
-            (length,) = HEADER.unpack_from(self._buf)
-            if length == 0 or length > MAX_FRAME:
-                raise WireError(f"frame length {length} outside 1..{MAX_FRAME}")
-            end = HEADER.size + length
-            if len(self._buf) < end:
-                break
-            payload = bytes(self._buf[HEADER.size:end])
-            del self._buf[:end]
-            out.append(decode_payload(payload))
-        return out
-
-    @property
-    def pending(self) -> int:
-        return len(self._buf)
+        super().__init__(decode=decode_payload)
