@@ -26,7 +26,8 @@ app = typer.Typer(
 
 EXIT_CONFIG = 2
 EXIT_SHURU = 125
-FLAG_NAMES = {name: "--" + name.replace("_", "-") for name in cfg.FIELDS}
+FLAG_NAMES = {cfg.FILE_NAMES[name]: "--" + cfg.FILE_NAMES[name].replace("_", "-")
+              for name in cfg.FIELDS}
 
 
 def _print_warning(message, category, filename, lineno, file=None, line=None):
@@ -84,6 +85,7 @@ def run(
     accel: Optional[str] = typer.Option(None, "--accel", help="auto, kvm or tcg [default: auto]"),
     env: List[str] = typer.Option([], "-e", "--env", help="KEY=VALUE for the guest command"),
     workdir: Optional[str] = typer.Option(None, "--workdir", "-w", help="Working directory"),
+    from_: Optional[str] = typer.Option(None, "--from", help="Start from this checkpoint"),
 ):
     """Boot a fresh sandbox and run a command in it (default: an interactive shell)."""
     from .sandbox import resolve_config
@@ -92,12 +94,91 @@ def run(
     env_pairs = cfg.parse_env_pairs(env) if env else None
     flags = cli_layer(cpus=cpus, memory=memory, disk_size=disk_size, console=console,
                       kernel=kernel, rootfs=rootfs, initrd=initrd, accel=accel,
-                      workdir=workdir, env=env_pairs,
+                      workdir=workdir, env=env_pairs, from_=from_,
                       command=list(command) if command else None)
     config_file = cfg.find_config_file(config, Path.cwd())
     resolved = resolve_config(flags, config_file)
     code = asyncio.run(terminal.run_command(resolved))
     raise typer.Exit(code)
+
+
+checkpoint_app = typer.Typer(no_args_is_help=True, help="Save sandbox disks and start from them.")
+app.add_typer(checkpoint_app, name="checkpoint")
+
+
+@checkpoint_app.command("create", context_settings={"allow_interspersed_args": False})
+@handle_errors
+def checkpoint_create(
+    name: str = typer.Argument(..., help="Name for the checkpoint"),
+    command: Optional[List[str]] = typer.Argument(None, help="Command to run first; after --."),
+    from_: Optional[str] = typer.Option(None, "--from", help="Start from this checkpoint"),
+    force: bool = typer.Option(False, "--force", help="Replace a checkpoint of that name"),
+    config: Optional[str] = typer.Option(None, "--config", help="Config file"),
+    env: List[str] = typer.Option([], "-e", "--env", help="KEY=VALUE for the command"),
+):
+    """Boot a sandbox, run a command in it, and save its disk as a checkpoint."""
+    from . import checkpoints, terminal
+    from .sandbox import AsyncSandbox, resolve_config
+
+    if command and command[0] == "--":
+        command = command[1:]  # with NAME before it, click keeps the separator as an argument
+    checkpoints.check_name(name)
+    if (checkpoints.checkpoints_dir() / name).exists() and not force:
+        raise checkpoints.CheckpointError(f"a checkpoint named {name!r} already exists",
+                                          hint="pass --force to replace it")
+    if from_:
+        checkpoints.load(from_)  # fail before booting if it is missing or damaged
+    flags = cli_layer(from_=from_, env=cfg.parse_env_pairs(env) if env else None)
+    resolved = resolve_config(flags, cfg.find_config_file(config, Path.cwd()))
+
+    async def go() -> int:
+        sandbox = AsyncSandbox(resolved)
+        async with sandbox:
+            if command:
+                code = await terminal.run_piped(sandbox, list(command))
+                if code != 0:
+                    print(f"shuru: {' '.join(command)} exited with {code}; no checkpoint saved",
+                          file=sys.stderr)
+                    return code
+            cp = await sandbox.checkpoint(name, overwrite=force)
+            print(f"checkpoint {cp.name} saved ({cp.manifest['disk']['size'] // 1024} KiB)")
+            return 0
+
+    raise typer.Exit(asyncio.run(go()))
+
+
+@checkpoint_app.command("list")
+@handle_errors
+def checkpoint_list(as_json: bool = typer.Option(False, "--json", help="Print JSON")):
+    """List checkpoints: name, parent, size on disk, created."""
+    import json
+
+    from . import checkpoints
+
+    rows = [{"name": c.name, "parent": c.parent, "size": c.manifest["disk"]["size"],
+             "created": c.manifest.get("created"), "image": c.manifest.get("image_id")}
+            for c in checkpoints.list_all()]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("name", "parent", "size", "created", "image")
+    for r in rows:
+        table.add_row(r["name"], r["parent"] or "-", f"{r['size'] / 1048576:.1f} MiB",
+                      r["created"] or "", r["image"] or "")
+    Console().print(table)
+
+
+@checkpoint_app.command("delete")
+@handle_errors
+def checkpoint_delete(name: str = typer.Argument(..., help="Checkpoint to delete")):
+    """Delete a checkpoint (refused while other checkpoints stand on it)."""
+    from . import checkpoints
+
+    checkpoints.delete(name)
+    print(f"checkpoint {name} deleted")
 
 
 @app.command()

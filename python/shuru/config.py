@@ -37,12 +37,15 @@ class SandboxConfig:
     initrd: str | None = None
     accel: str = "auto"
     console: bool = False
+    from_: str | None = None  # a checkpoint to start from ("from" in config files)
 
     def with_(self, **changes) -> "SandboxConfig":
         return replace(self, **changes)
 
 
 FIELDS = tuple(f.name for f in dc_fields(SandboxConfig))
+# How a field is spelled in config files (and, with dashes, as a flag).
+FILE_NAMES = {name: name.rstrip("_") for name in FIELDS}
 # Environment variables that stand in for a field when neither a flag nor the file sets it.
 ENV_VARS = {"kernel": "SHURU_KERNEL", "rootfs": "SHURU_ROOTFS", "initrd": "SHURU_INITRD"}
 
@@ -117,7 +120,11 @@ CHECKS = {
     "initrd": _host_path,
     "accel": _choice(ACCELS),
     "console": _bool,
+    "from_": lambda name, value: (None if isinstance(value, str) and value else
+                                  f"{name} must be a checkpoint name, got {_show(value)}"),
 }
+# Config files and flags say `from`; Python cannot use it as a keyword argument.
+ALIASES = {"from": "from_"}
 
 
 def _show(value: Any) -> str:
@@ -133,12 +140,14 @@ def validate(values: Mapping[str, Any], *, source: str | None = None,
     problems = []
     out: dict[str, Any] = {}
     for name, value in values.items():
+        name = ALIASES.get(name, name)
         if name not in CHECKS:
-            near = difflib.get_close_matches(name, FIELDS, n=1)
+            known = [FILE_NAMES[f] for f in FIELDS]
+            near = difflib.get_close_matches(name, known, n=1)
             hint = f" (did you mean {label(near[0])!r}?)" if near else ""
-            problems.append(f"unknown field {name!r}{hint}; known fields: {', '.join(FIELDS)}")
+            problems.append(f"unknown field {name!r}{hint}; known fields: {', '.join(known)}")
             continue
-        problem = CHECKS[name](label(name), value)
+        problem = CHECKS[name](label(FILE_NAMES[name]), value)
         if problem:
             problems.append(problem)
             continue

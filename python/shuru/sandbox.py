@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from . import checkpoints
 from . import config as cfg
 from .backends.base import MachineSpec
 from .backends.select import default_backend
@@ -64,6 +65,9 @@ class AsyncSandbox:
         self._machine = None
         self._channel: Channel | None = None
         self._timeout_task: asyncio.Task | None = None
+        self._image = None  # the guest image the disk stands on (None with custom boot files)
+        self._parent: checkpoints.Checkpoint | None = None
+        self._disk_size = self.config.disk_size
         self.files = Files(self._live_channel)
 
     # ---- lifecycle ---------------------------------------------------------------------
@@ -73,8 +77,8 @@ class AsyncSandbox:
                     on_console: Callable[[bytes], None] | None = None,
                     **options: Any) -> "AsyncSandbox":
         """Boot a sandbox. Options are the config-file fields (cpus, memory, disk_size, env,
-        workdir, kernel, rootfs, initrd, accel); `config` names a config file; `timeout`
-        stops the sandbox after that many seconds."""
+        workdir, kernel, rootfs, initrd, accel, and `from_`: a checkpoint to start from);
+        `config` names a config file; `timeout` stops the sandbox after that many seconds."""
         sandbox = cls(resolve_config(options, config), on_console=on_console)
         await sandbox._boot()
         if timeout is not None:
@@ -83,17 +87,30 @@ class AsyncSandbox:
 
     def _spec(self) -> MachineSpec:
         c = self.config
-        if c.kernel and c.rootfs:
+        fmt, base_mb, disk_size = "raw", 0, c.disk_size
+        if c.from_:
+            # The checkpoint decides the image: its disk only makes sense with its kernel.
+            cp = checkpoints.load(c.from_)
+            checkpoints.chain(cp)  # every layer below must be intact too
+            self._image = checkpoints.base_image(cp)
+            self._parent = cp
+            kernel = Path(c.kernel) if c.kernel else self._image.kernel
+            initrd = c.initrd or self._image.initrd
+            rootfs, fmt, base_mb = cp.disk, "qcow2", cp.virtual_size_mb
+            disk_size = max(disk_size, base_mb)
+        elif c.kernel and c.rootfs:
             kernel, rootfs, initrd = Path(c.kernel), Path(c.rootfs), c.initrd
         else:
-            image = current_image()
-            kernel = Path(c.kernel) if c.kernel else image.kernel
-            rootfs = Path(c.rootfs) if c.rootfs else image.rootfs
-            initrd = c.initrd or image.initrd
+            self._image = current_image()
+            kernel = Path(c.kernel) if c.kernel else self._image.kernel
+            rootfs = Path(c.rootfs) if c.rootfs else self._image.rootfs
+            initrd = c.initrd or self._image.initrd
+        self._disk_size = disk_size
         return MachineSpec(kernel=kernel, initrd=Path(initrd) if initrd else None,
                            rootfs=rootfs, cpus=c.cpus, memory=c.memory,
-                           disk_size=c.disk_size, accel=c.accel,
-                           verbose_console=c.console)
+                           disk_size=disk_size, accel=c.accel,
+                           verbose_console=c.console, rootfs_format=fmt,
+                           rootfs_size_mb=base_mb)
 
     async def _boot(self) -> None:
         self._require(State.CREATED)
@@ -132,6 +149,36 @@ class AsyncSandbox:
     async def _expire(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
         await self.stop()
+
+    async def checkpoint(self, name: str, *, overwrite: bool = False) -> checkpoints.Checkpoint:
+        """Sync the guest's filesystems, stop the VM and keep its disk as checkpoint `name`.
+        Start sandboxes from it with `start(from_=name)`; the sandbox is stopped after."""
+        channel = self._live_channel()
+        checkpoints.check_name(name)
+        if self._image is None:
+            raise checkpoints.CheckpointError(
+                "only sandboxes started from the guest image or a checkpoint can be "
+                "checkpointed (this one was booted from custom --kernel/--rootfs files)")
+        if (checkpoints.checkpoints_dir() / name).exists() and not overwrite:
+            raise checkpoints.CheckpointError(f"a checkpoint named {name!r} already exists",
+                                              hint="pass overwrite=True to replace it")
+        self.state = State.STOPPING
+        try:
+            # The agent syncs and powers off; QEMU then exits cleanly, which flushes the
+            # overlay's own metadata. Only then is the file complete.
+            await asyncio.wait_for(channel.shutdown(), 60)
+            await asyncio.wait_for(asyncio.shield(self._machine.exited), 60)
+            return await asyncio.to_thread(
+                checkpoints.save, self._machine.disk, name, image=self._image,
+                parent=self._parent, virtual_size_mb=self._disk_size, overwrite=overwrite)
+        except asyncio.TimeoutError:
+            raise SandboxDiedError("the VM did not shut down for the checkpoint within 60 s",
+                                   console_tail=self._machine.console_tail()) from None
+        finally:
+            try:
+                await self._teardown()
+            finally:
+                self.state = State.STOPPED
 
     async def stop(self) -> None:
         """Stop the VM and discard its disk. Safe to call more than once."""

@@ -34,7 +34,7 @@ async def run_command(config: SandboxConfig) -> int:
     async with sandbox:
         if interactive:
             return await _interactive(sandbox, list(config.command))
-        return await _piped(sandbox, list(config.command))
+        return await run_piped(sandbox, list(config.command))
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -44,7 +44,7 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
-async def _piped(sandbox: AsyncSandbox, argv: list[str]) -> int:
+async def run_piped(sandbox: AsyncSandbox, argv: list[str]) -> int:
     proc = await sandbox.spawn(argv)
     broken = False
 

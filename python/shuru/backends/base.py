@@ -30,6 +30,8 @@ class MachineSpec:
     disk_size: int
     accel: str = "auto"  # auto | kvm | tcg
     verbose_console: bool = False  # keep kernel messages (for --console)
+    rootfs_format: str = "raw"  # "qcow2" when the base is a checkpoint's disk
+    rootfs_size_mb: int = 0  # the base's virtual size, when it is not the file's size
 
 
 class Machine(Protocol):

@@ -126,13 +126,15 @@ def _die_with_parent(parent: int) -> Callable[[], None]:
     return preexec
 
 
-async def create_overlay(base: Path, overlay: Path, size_mb: int) -> None:
-    base_size = base.stat().st_size
+async def create_overlay(base: Path, overlay: Path, size_mb: int, *, base_format: str = "raw",
+                         base_size_mb: int = 0) -> None:
+    base_size = max(base.stat().st_size if base_format == "raw" else 0,
+                    base_size_mb * 1024 * 1024)
     if size_mb * 1024 * 1024 < base_size:
-        raise BootError(f"disk_size {size_mb} MiB is smaller than the image's root filesystem "
+        raise BootError(f"disk_size {size_mb} MiB is smaller than the disk it starts from "
                         f"({-(-base_size // (1024 * 1024))} MiB)")
     proc = await asyncio.create_subprocess_exec(
-        find_qemu_img(), "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(base),
+        find_qemu_img(), "create", "-q", "-f", "qcow2", "-F", base_format, "-b", str(base),
         str(overlay), f"{size_mb}M",
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
@@ -195,6 +197,11 @@ class QemuMachine:
         except OSError:
             return ""
 
+    @property
+    def disk(self) -> Path:
+        """The sandbox's own disk overlay (valid until `stop`)."""
+        return self.rundir / "disk.qcow2"
+
     async def stop(self) -> None:
         """Kill QEMU and remove the run directory (the overlay goes with it)."""
         if self._stopped:
@@ -239,7 +246,9 @@ class QemuBackend:
         proc = None
         try:
             paths = RunPaths.inside(rundir.path)
-            await create_overlay(spec.rootfs, paths.overlay, spec.disk_size)
+            await create_overlay(spec.rootfs, paths.overlay, spec.disk_size,
+                                 base_format=spec.rootfs_format,
+                                 base_size_mb=spec.rootfs_size_mb)
             listeners = [_Listener() for _ in range(3)]
             for listener, path in zip(listeners, (paths.agent_sock, paths.qmp_sock,
                                                   paths.console_sock)):

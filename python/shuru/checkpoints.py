@@ -1,0 +1,217 @@
+"""Checkpoints: a sandbox's disk kept under a name, to start any number of sandboxes from.
+
+Layout under the data dir:
+
+    checkpoints/<name>/disk.qcow2      the sandbox's overlay, frozen (its backing file is the
+                                        image's rootfs.img or the parent checkpoint's disk)
+    checkpoints/<name>/manifest.json   format, parent, base image id and sha256, sizes, hash
+
+A checkpoint is immutable once written: sandboxes started from it get their own overlay on
+top. Saving goes through a temporary directory and one rename, so a crash leaves no half
+checkpoint under the name. Loading re-hashes the disk, so a damaged or truncated checkpoint
+is refused with the path in the message while the others keep working.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ShuruError
+from .image import Image, images_dir, load as load_image, sha256_file, shuru_home
+
+FORMAT = 1
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+MAX_CHAIN = 8  # deeper chains are flattened when saved, so reads stay fast
+
+
+class CheckpointError(ShuruError):
+    """A checkpoint is missing, damaged, misnamed, or in use by others."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    name: str
+    path: Path
+    manifest: dict
+
+    @property
+    def disk(self) -> Path:
+        return self.path / "disk.qcow2"
+
+    @property
+    def parent(self) -> str | None:
+        return self.manifest.get("parent")
+
+    @property
+    def virtual_size_mb(self) -> int:
+        return int(self.manifest["virtual_size_mb"])
+
+
+def checkpoints_dir(home: Path | None = None) -> Path:
+    return (home or shuru_home()) / "checkpoints"
+
+
+def check_name(name: object, field: str = "name") -> str:
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise CheckpointError(
+            f"checkpoint {field} {name!r} is not valid: use letters, digits, '-', '_' and '.', "
+            "starting with a letter or digit (at most 128 characters)")
+    return name
+
+
+def load(name: str, home: Path | None = None, *, verify: bool = True) -> Checkpoint:
+    check_name(name)
+    path = checkpoints_dir(home) / name
+    manifest_path = path / "manifest.json"
+    if not manifest_path.is_file():
+        known = ", ".join(c.name for c in list_all(home)) or "none"
+        raise CheckpointError(f"no checkpoint named {name!r} (known: {known})",
+                              hint="create one with `shuru checkpoint create NAME`")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {name!r}: {manifest_path} is unreadable: {e}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {name!r} at {path} has an unsupported format "
+                              f"{manifest.get('format') if isinstance(manifest, dict) else '?'}")
+    cp = Checkpoint(name, path, manifest)
+    if verify:
+        _verify_disk(cp)
+    return cp
+
+
+def _verify_disk(cp: Checkpoint) -> None:
+    want = cp.manifest.get("disk", {})
+    if not cp.disk.is_file():
+        raise CheckpointError(f"checkpoint {cp.name!r} is damaged: {cp.disk} is missing")
+    size = cp.disk.stat().st_size
+    if size != want.get("size"):
+        raise CheckpointError(f"checkpoint {cp.name!r} is damaged: {cp.disk} has {size} bytes, "
+                              f"its manifest says {want.get('size')}",
+                              hint=f"delete it with `shuru checkpoint delete {cp.name}`")
+    if sha256_file(cp.disk) != want.get("sha256"):
+        raise CheckpointError(f"checkpoint {cp.name!r} is damaged: {cp.disk} does not match "
+                              "the sha256 in its manifest",
+                              hint=f"delete it with `shuru checkpoint delete {cp.name}`")
+
+
+def chain(cp: Checkpoint, home: Path | None = None) -> list[Checkpoint]:
+    """The checkpoint and its ancestors, nearest first (each verified)."""
+    out = [cp]
+    while out[-1].parent:
+        if len(out) > 64:
+            raise CheckpointError(f"checkpoint {cp.name!r} has a parent loop")
+        out.append(load(out[-1].parent, home))
+    return out
+
+
+def base_image(cp: Checkpoint, home: Path | None = None) -> Image:
+    """The guest image the checkpoint's disk stands on (kept even after `shuru init --force`)."""
+    path = images_dir(home) / cp.manifest["image_id"]
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {cp.name!r} stands on guest image "
+                              f"{cp.manifest['image_id']}, which is gone from {path.parent}")
+    return load_image(path)
+
+
+def list_all(home: Path | None = None) -> list[Checkpoint]:
+    root = checkpoints_dir(home)
+    out = []
+    if root.is_dir():
+        for entry in sorted(root.iterdir()):
+            if entry.name.startswith(".") or not (entry / "manifest.json").is_file():
+                continue
+            try:
+                out.append(load(entry.name, home, verify=False))
+            except CheckpointError:
+                continue
+    return out
+
+
+def children(name: str, home: Path | None = None) -> list[str]:
+    return [c.name for c in list_all(home) if c.parent == name]
+
+
+def referenced_images(home: Path | None = None) -> set[str]:
+    return {c.manifest.get("image_id") for c in list_all(home)}
+
+
+def _qemu_img(*args: str) -> str:
+    proc = subprocess.run(["qemu-img", *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise CheckpointError(f"qemu-img {args[0]} failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def save(overlay: Path, name: str, *, image: Image, parent: Checkpoint | None,
+         virtual_size_mb: int, overwrite: bool = False, home: Path | None = None) -> Checkpoint:
+    """Keep `overlay` (a stopped sandbox's disk) as checkpoint `name`. The overlay file is
+    moved, not copied; with a chain deeper than MAX_CHAIN it is flattened onto the image."""
+    check_name(name)
+    root = checkpoints_dir(home)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / name
+    if final.exists() and not overwrite:
+        raise CheckpointError(f"a checkpoint named {name!r} already exists",
+                              hint="pass overwrite=True (or --force) to replace it")
+    if final.exists() and children(name, home):
+        raise CheckpointError(f"checkpoint {name!r} cannot be replaced: "
+                              f"{', '.join(children(name, home))} stand on it")
+    work = Path(tempfile.mkdtemp(prefix=".new-", dir=root))
+    try:
+        disk = work / "disk.qcow2"
+        depth = len(chain(parent, home)) if parent else 0
+        if depth >= MAX_CHAIN:
+            _qemu_img("convert", "-q", "-O", "qcow2", "-B", str(image.rootfs), "-F", "raw",
+                      str(overlay), str(disk))
+            parent_name = None  # flattened: stands on the image alone
+            overlay.unlink()
+        else:
+            shutil.move(str(overlay), disk)
+            parent_name = parent.name if parent else None
+        os.chmod(disk, 0o444)
+        manifest = {
+            "format": FORMAT,
+            "name": name,
+            "parent": parent_name,
+            "image_id": image.id,
+            "image_rootfs_sha256": image.manifest["files"]["rootfs.img"]["sha256"],
+            "virtual_size_mb": virtual_size_mb,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "disk": {"size": disk.stat().st_size, "sha256": sha256_file(disk)},
+        }
+        (work / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        if final.exists():
+            old = root / f".old-{name}-{os.getpid()}"
+            os.rename(final, old)
+            os.rename(work, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(work, final)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return load(name, home, verify=False)
+
+
+def delete(name: str, home: Path | None = None) -> None:
+    check_name(name)
+    path = checkpoints_dir(home) / name
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint named {name!r}")
+    kids = children(name, home)
+    if kids:
+        raise CheckpointError(f"checkpoint {name!r} cannot be deleted: "
+                              f"{', '.join(kids)} stand on it",
+                              hint="delete those first")
+    trash = path.with_name(f".del-{name}-{os.getpid()}")
+    os.rename(path, trash)  # the name disappears at once, even if removal is slow
+    shutil.rmtree(trash, ignore_errors=True)
