@@ -169,14 +169,13 @@ def save(overlay: Path, name: str, *, image: Image, parent: Checkpoint | None,
     try:
         disk = work / "disk.qcow2"
         depth = len(chain(parent, home)) if parent else 0
+        shutil.move(str(overlay), disk)
+        parent_name = parent.name if parent else None
         if depth >= MAX_CHAIN:
-            _qemu_img("convert", "-q", "-O", "qcow2", "-B", str(image.rootfs), "-F", "raw",
-                      str(overlay), str(disk))
-            parent_name = None  # flattened: stands on the image alone
-            overlay.unlink()
-        else:
-            shutil.move(str(overlay), disk)
-            parent_name = parent.name if parent else None
+            # A safe rebase copies into the disk whatever the old chain held that the image
+            # does not, so the checkpoint then stands on the image alone.
+            _qemu_img("rebase", "-f", "qcow2", "-b", str(image.rootfs), "-F", "raw", str(disk))
+            parent_name = None
         os.chmod(disk, 0o444)
         manifest = {
             "format": FORMAT,

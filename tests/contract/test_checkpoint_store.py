@@ -1,0 +1,103 @@
+"""The checkpoint store with real qcow2 files (qemu-img) but no VM: atomic saves, names,
+overwrite, chains and their flattening, deletion rules, damage detection."""
+
+import json
+import subprocess
+
+import pytest
+
+from shuru import checkpoints as ck
+from shuru.image import Image, sha256_file
+
+
+@pytest.fixture
+def home(tmp_path):
+    img_dir = tmp_path / "images" / "img0"
+    img_dir.mkdir(parents=True)
+    rootfs = img_dir / "rootfs.img"
+    with open(rootfs, "wb") as f:
+        f.truncate(64 * 1024 * 1024)
+    manifest = {"format": 1, "image_id": "img0",
+                "files": {"rootfs.img": {"sha256": sha256_file(rootfs), "size": 64 << 20}}}
+    (img_dir / "manifest.json").write_text(json.dumps(manifest))
+    return tmp_path
+
+
+def _image(home) -> Image:
+    path = home / "images" / "img0"
+    return Image("img0", path, json.loads((path / "manifest.json").read_text()))
+
+
+def _overlay(home, backing, fmt, tag: bytes):
+    """A sandbox overlay with some data written into it, as a VM would leave it."""
+    path = home / f"ov-{tag.decode()}.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", str(backing),
+                    str(path), "64M"], check=True)
+    subprocess.run(["qemu-io", "-c", f"write -P {tag[0]} {tag[0] * 65536} 65536", str(path)],
+                   check=True, capture_output=True)
+    return path
+
+
+def _read_byte(path, offset) -> int:
+    out = subprocess.run(["qemu-io", "-r", "-c", f"read -v {offset} 1", str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    return int(out.split(":")[1].split()[0], 16)
+
+
+def test_save_load_and_names(home):
+    image = _image(home)
+    cp = ck.save(_overlay(home, image.rootfs, "raw", b"a"), "base-1", image=image, parent=None,
+                 virtual_size_mb=64, home=home)
+    assert cp.disk.is_file() and ck.load("base-1", home).manifest["parent"] is None
+    assert [c.name for c in ck.list_all(home)] == ["base-1"]
+    assert [p.name for p in (home / "checkpoints").iterdir()] == ["base-1"]  # no temp left
+    with pytest.raises(ck.CheckpointError, match="already exists"):
+        ck.save(_overlay(home, image.rootfs, "raw", b"b"), "base-1", image=image, parent=None,
+                virtual_size_mb=64, home=home)
+    ck.save(_overlay(home, image.rootfs, "raw", b"c"), "base-1", image=image, parent=None,
+            virtual_size_mb=64, overwrite=True, home=home)
+    assert _read_byte(ck.load("base-1", home).disk, ord("c") * 65536) == ord("c")
+    for bad in ("", "../x", ".hidden", "a/b", "x" * 129, "sp ace"):
+        with pytest.raises(ck.CheckpointError, match="not valid"):
+            ck.check_name(bad)
+
+
+def test_chains_are_flattened_past_the_limit(home):
+    image = _image(home)
+    parent = None
+    for i in range(ck.MAX_CHAIN + 1):
+        backing, fmt = (parent.disk, "qcow2") if parent else (image.rootfs, "raw")
+        tag = bytes([ord("a") + i])
+        parent = ck.save(_overlay(home, backing, fmt, tag), f"c{i}", image=image, parent=parent,
+                         virtual_size_mb=64, home=home)
+    assert len(ck.chain(ck.load(f"c{ck.MAX_CHAIN - 1}", home), home)) == ck.MAX_CHAIN
+    flat = ck.load(f"c{ck.MAX_CHAIN}", home)
+    assert flat.parent is None  # stands on the image alone
+    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(flat.disk)],
+                                     capture_output=True, text=True, check=True).stdout)
+    assert info["backing-filename"] == str(image.rootfs)
+    for i in range(ck.MAX_CHAIN + 1):  # every layer's data survived the flattening
+        assert _read_byte(flat.disk, (ord("a") + i) * 65536) == ord("a") + i
+
+
+def test_delete_rules_and_damage(home):
+    image = _image(home)
+    a = ck.save(_overlay(home, image.rootfs, "raw", b"a"), "a", image=image, parent=None,
+                virtual_size_mb=64, home=home)
+    ck.save(_overlay(home, a.disk, "qcow2", b"b"), "b", image=image, parent=a,
+            virtual_size_mb=64, home=home)
+    with pytest.raises(ck.CheckpointError, match="b stand on it"):
+        ck.delete("a", home)
+    with pytest.raises(ck.CheckpointError, match="no checkpoint named 'zzz'"):
+        ck.load("zzz", home)
+    disk = ck.load("b", home).disk
+    disk.chmod(0o644)
+    with open(disk, "r+b") as f:
+        f.seek(100)
+        f.write(b"\xff")
+    with pytest.raises(ck.CheckpointError, match="does not match the sha256"):
+        ck.load("b", home)
+    ck.load("a", home)  # the others keep working
+    ck.delete("b", home)
+    ck.delete("a", home)
+    assert ck.list_all(home) == []
