@@ -45,7 +45,7 @@ async def test_fan_out_isolated_forks_and_an_unchanged_checkpoint(names):
             return (await s.exec("cat /usr/local/bin/tool-version; ls /work; "
                                  "cat /work/repo/objects/ab/cd")).stdout
 
-    outputs = await asyncio.gather(*(fork(i) for i in range(3)))
+    outputs = await asyncio.gather(*(fork(i) for i in range(4)))
     for i, out in enumerate(outputs):
         lines = out.split()
         assert lines[0] == "tool-v1" and lines[-1] == "blob"
@@ -119,3 +119,23 @@ def test_cli_create_run_from_and_names(names, tmp_path):
     assert r.returncode == 125 and b"no checkpoint named 'no-such-checkpoint'" in r.stderr
     r = shuru("checkpoint", "create", names("failing"), "--", "sh", "-c", "exit 3")
     assert r.returncode == 3 and b"no checkpoint saved" in r.stderr
+
+
+async def test_checkpoint_outlives_a_new_current_image(tmp_path, monkeypatch, image):
+    """After `shuru init --force` makes another image current, a checkpoint still starts on
+    the image it was made from (which is kept)."""
+    home = tmp_path / "home"
+    (home / "images").mkdir(parents=True)
+    (home / "images" / image.id).symlink_to(image.path)
+    (home / "images" / "current").symlink_to(image.id)
+    monkeypatch.setenv("SHURU_HOME", str(home))
+    sb = await AsyncSandbox.start()
+    await sb.files.write("/kept", "yes")
+    await sb.checkpoint("old-base")
+    # A "rebuilt" image becomes current; the checkpoint's own image stays where it was.
+    newer = home / "images" / "0000newer0000000"
+    newer.mkdir()
+    (home / "images" / "current").unlink()
+    (home / "images" / "current").symlink_to(newer.name)
+    async with await AsyncSandbox.start(from_="old-base") as s:
+        assert await s.files.read_text("/kept") == "yes"
