@@ -111,14 +111,9 @@ class Channel:
         decoder = wire.FrameDecoder()
         msgs: list[dict] = []
         while not msgs:
-            data = await self.reader.read(65536)
-            if not data:
-                raise SandboxDiedError("the guest agent closed the channel before saying hello",
-                                       console_tail=self._describe_death())
-            try:
-                msgs = decoder.feed(data)
-            except wire.WireError as e:
-                raise ProtocolError(f"bad hello from the guest agent: {e}") from None
+            msgs = await self._read_frames(
+                decoder, "the guest agent closed the channel before saying hello",
+                "bad hello from the guest agent")
         hello = msgs[0]
         if hello["t"] != "hello":
             raise ProtocolError(f"guest agent sent {hello['t']!r} before hello")
@@ -136,15 +131,8 @@ class Channel:
             for msg in backlog:
                 self._route(msg)
             while True:
-                data = await self.reader.read(256 * 1024)
-                if not data:
-                    raise SandboxDiedError("the sandbox's agent channel closed",
-                                           console_tail=self._describe_death())
-                try:
-                    msgs = decoder.feed(data)
-                except wire.WireError as e:
-                    raise ProtocolError(f"bad frame from the guest agent: {e}") from None
-                for msg in msgs:
+                for msg in await self._read_frames(decoder, "the sandbox's agent channel closed",
+                                                   "bad frame from the guest agent"):
                     self._route(msg)
         except (ConnectionError, OSError) as e:
             self._fail(SandboxDiedError(f"the sandbox's agent channel broke: {e}",
@@ -154,6 +142,16 @@ class Channel:
             raise
         except Exception as e:  # ProtocolError, SandboxDiedError
             self._fail(e)
+
+    async def _read_frames(self, decoder: wire.FrameDecoder, closed: str, bad: str) -> list[dict]:
+        """The whole frames in the next read (possibly none); EOF and bad frames raise."""
+        data = await self.reader.read(256 * 1024)
+        if not data:
+            raise SandboxDiedError(closed, console_tail=self._describe_death())
+        try:
+            return decoder.feed(data)
+        except wire.WireError as e:
+            raise ProtocolError(f"{bad}: {e}") from None
 
     def _route(self, msg: dict) -> None:
         s, t = msg["s"], msg["t"]

@@ -187,12 +187,21 @@ async def test_agent_death_fails_calls_instead_of_hanging(agent):
         os.kill(proc.pid, signal.SIGKILL)  # the agent died before it could end its children
 
 
-async def test_guest_exceeding_its_window_is_a_protocol_error():
-    # A hostile "guest": says hello, then floods data beyond any credit.
+@pytest.fixture
+async def fake_guest():
+    """A host Channel whose "guest" is a bare socket the test writes frames to."""
     import socket
     host, guest = socket.socketpair()
     reader, writer = await asyncio.open_connection(sock=host)
     ch = Channel(reader, writer)
+    yield ch, guest
+    await ch.close()
+    guest.close()
+
+
+async def test_guest_exceeding_its_window_is_a_protocol_error(fake_guest):
+    # A hostile guest: says hello, then floods data beyond any credit.
+    ch, guest = fake_guest
     guest.sendall(wire.message("hello", version=wire.VERSION))
     await ch.handshake()
     stream = ch.open_stream()
@@ -204,29 +213,17 @@ async def test_guest_exceeding_its_window_is_a_protocol_error():
     with pytest.raises(ProtocolError, match="beyond"):
         while True:
             await stream.recv()
-    await ch.close()
-    guest.close()
 
 
-async def test_garbage_from_guest_is_a_protocol_error():
-    import socket
-    host, guest = socket.socketpair()
-    reader, writer = await asyncio.open_connection(sock=host)
-    ch = Channel(reader, writer)
+async def test_garbage_from_guest_is_a_protocol_error(fake_guest):
+    ch, guest = fake_guest
     guest.sendall(b"\xff\xff\xff\xff")
     with pytest.raises(ProtocolError):
         await ch.handshake()
-    await ch.close()
-    guest.close()
 
 
-async def test_version_mismatch_is_refused():
-    import socket
-    host, guest = socket.socketpair()
-    reader, writer = await asyncio.open_connection(sock=host)
-    ch = Channel(reader, writer)
+async def test_version_mismatch_is_refused(fake_guest):
+    ch, guest = fake_guest
     guest.sendall(wire.message("hello", version=99))
     with pytest.raises(ProtocolError, match="version 99"):
         await ch.handshake()
-    await ch.close()
-    guest.close()
