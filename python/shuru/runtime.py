@@ -1,4 +1,5 @@
-"""Per-sandbox runtime directories: where sockets, the console log and the disk overlay live.
+"""Per-sandbox runtime state on the host: run directories (sockets, console, disk overlay) and
+the rule that the processes a sandbox starts (QEMU, the helper) never outlive their owner.
 
 Each sandbox gets a short-named directory (Unix socket paths are limited to 108 bytes) under
 `$SHURU_RUNTIME_DIR`, else `$XDG_RUNTIME_DIR/shuru`, else `/tmp/shuru-<uid>`. The owner holds
@@ -8,12 +9,15 @@ dies, even by SIGKILL, so the next sandbox to start removes directories nobody h
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import os
+import signal
 import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 from .errors import HostError
 
@@ -86,3 +90,19 @@ def sweep(root: Path) -> list[Path]:
         os.close(fd)
         removed.append(entry)
     return removed
+
+
+def die_with_parent(parent: int) -> Callable[[], None] | None:
+    """A preexec hook that makes the child get SIGKILL when its owner dies, even by SIGKILL,
+    where the kernel offers that (Linux prctl). Elsewhere the child needs a rule of its own
+    (the helper exits when its control socket closes)."""
+    prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)
+    if prctl is None:
+        return None
+
+    def preexec() -> None:
+        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the owner died before prctl took effect
+            os._exit(1)
+
+    return preexec

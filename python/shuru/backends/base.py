@@ -33,6 +33,15 @@ class MachineSpec:
     rootfs_format: str = "raw"  # "qcow2" when the base is a checkpoint's disk
     rootfs_size_mb: int = 0  # the base's virtual size, when it is not the file's size
 
+    def check_files(self) -> None:
+        """Fail before starting anything when a boot file is missing, naming it."""
+        from ..errors import BootError
+
+        for label, path in (("kernel", self.kernel), ("rootfs", self.rootfs),
+                            ("initrd", self.initrd)):
+            if path is not None and not Path(path).is_file():
+                raise BootError(f"{label} {path}: no such file")
+
 
 class Machine(Protocol):
     """A running VM. `agent` is the byte stream to the guest agent."""

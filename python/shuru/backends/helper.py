@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import itertools
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -30,7 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import BootError, ConfigError, HostError, ProtocolError, SandboxDiedError, ShuruError
-from ..runtime import RunDir
+from ..runtime import RunDir, die_with_parent
 from . import helper_protocol as hp
 from .base import Capabilities, MachineSpec
 
@@ -136,23 +134,6 @@ async def clone_disk(base: Path, dest: Path, size_mb: int) -> None:
     else:
         await asyncio.to_thread(shutil.copyfile, base, dest)
     os.truncate(dest, size_mb * 1024 * 1024)
-
-
-def _die_with_parent(parent: int) -> Callable[[], None] | None:
-    """A preexec hook that makes the child get SIGKILL when we die, where the kernel offers
-    that (Linux prctl). Elsewhere the helper's own rule covers it: it exits when its control
-    socket closes."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    prctl = getattr(libc, "prctl", None)
-    if prctl is None:
-        return None
-
-    def preexec() -> None:
-        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # the owner died before prctl took effect
-            os._exit(1)
-
-    return preexec
 
 
 class HelperClient:
@@ -318,7 +299,7 @@ class HelperMachine:
                 self._proc = await asyncio.create_subprocess_exec(
                     str(self.binary), "--socket", str(sock_path), "--driver", driver,
                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
-                    start_new_session=True, preexec_fn=_die_with_parent(os.getpid()))
+                    start_new_session=True, preexec_fn=die_with_parent(os.getpid()))
             except OSError as e:
                 raise HostError(f"cannot run {self.binary}: {e.strerror}", hint=BUILD_HINT) from None
         try:
@@ -502,10 +483,7 @@ class HelperBackend:
     async def start(self, spec: MachineSpec, *,
                     on_console: Callable[[bytes], None] | None = None) -> HelperMachine:
         binary = find_helper()
-        for label, path in (("kernel", spec.kernel), ("rootfs", spec.rootfs),
-                            ("initrd", spec.initrd)):
-            if path is not None and not Path(path).is_file():
-                raise BootError(f"{label} {path}: no such file")
+        spec.check_files()
         machine = HelperMachine(binary, RunDir.create(), on_console)
         try:
             await machine.launch(self.driver)

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import shutil
-import signal
 import subprocess
 from collections import deque
 from dataclasses import dataclass
@@ -24,7 +22,7 @@ from typing import Callable
 from .. import accel as accel_mod
 from ..errors import BootError, HostError
 from ..qmp import QMP
-from ..runtime import RunDir
+from ..runtime import RunDir, die_with_parent
 from .base import Capabilities, MachineSpec
 
 AGENT_PORT = "org.shuru.agent"
@@ -113,17 +111,6 @@ def find_qemu_img() -> str:
     if not path:
         raise HostError("qemu-img is not installed", hint="install it with: apt-get install qemu-utils")
     return path
-
-
-def _die_with_parent(parent: int) -> Callable[[], None]:
-    libc = ctypes.CDLL(None, use_errno=True)
-
-    def preexec() -> None:
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # the owner died before prctl took effect
-            os._exit(1)
-
-    return preexec
 
 
 async def create_overlay(base: Path, overlay: Path, size_mb: int, *, base_format: str = "raw",
@@ -232,10 +219,7 @@ class QemuBackend:
     async def start(self, spec: MachineSpec, *,
                     on_console: Callable[[bytes], None] | None = None) -> QemuMachine:
         qemu = find_qemu()
-        for label, path in (("kernel", spec.kernel), ("rootfs", spec.rootfs),
-                            ("initrd", spec.initrd)):
-            if path is not None and not Path(path).is_file():
-                raise BootError(f"{label} {path}: no such file")
+        spec.check_files()
         accel = accel_mod.choose(spec.accel, qemu, self.data_dir / "cache" / "accel.json")
         tsc = None
         if accel.name == "tcg":
@@ -259,7 +243,7 @@ class QemuBackend:
             with open(rundir / "qemu.log", "wb") as log:
                 proc = await asyncio.create_subprocess_exec(
                     *argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                    start_new_session=True, preexec_fn=_die_with_parent(os.getpid()),
+                    start_new_session=True, preexec_fn=die_with_parent(os.getpid()),
                 )
             connected = asyncio.gather(*(l.accepted for l in listeners))
             exited = asyncio.ensure_future(proc.wait())
