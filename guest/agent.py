@@ -153,10 +153,7 @@ class Agent:
     def greet(self) -> None:
         """Send hello. On a virtio port this blocks until the host connects, which makes a
         race-free handshake: nothing the host sends can arrive before the port is open."""
-        frame = wire.message(
-            "hello", version=wire.VERSION, agent=AGENT_VERSION, kernel=os.uname().release,
-            pid=os.getpid(),
-        )
+        frame = wire.message("hello", **self.hello_fields())
         os.set_blocking(self.fd, True)
         try:
             view = memoryview(frame)
@@ -168,21 +165,16 @@ class Agent:
         self.connected = True
         self.decoder = wire.FrameDecoder()
 
+    @staticmethod
+    def hello_fields() -> dict:
+        return dict(version=wire.VERSION, agent=AGENT_VERSION, kernel=os.uname().release,
+                    pid=os.getpid())
+
     def on_disconnect(self) -> None:
         """The host went away: nobody can collect output any more, so end every process."""
         self.connected = False
         self.out.clear()
-        for proc in list(self.procs.values()):
-            self.close_proc_fds(proc)
-        for stream in list(self.readers) + list(self.writers) + list(self.watchers):
-            self.end_file_stream(stream)
-        for pgid in self.groups:
-            try:
-                os.killpg(pgid, signal.SIGKILL)
-            except OSError:
-                pass
-        self.groups.clear()
-        self.procs.clear()
+        self.end_all()
         if not self.reconnectable:
             self.running = False
 
@@ -234,6 +226,10 @@ class Agent:
                           message=f"agent speaks version {wire.VERSION}, host {msg['version']}")
         elif t == "ping":
             self.send("pong", 0, id=msg["id"])
+        elif t == "park":
+            self.park()
+        elif t == "resume":
+            self.resume(msg)
         elif t == "shutdown":
             self.shutdown_requested = True
             os.sync()
@@ -262,6 +258,41 @@ class Agent:
                     _kill(proc.pid, msg["sig"])
             elif t == "resize" and proc.tty:
                 _set_winsize(proc.stdin_fd, msg["rows"], msg["cols"])
+
+    def park(self) -> None:
+        """Get ready to be saved as a machine state: nothing running, nothing in flight.
+        The host saves the VM right after `parked` and never talks to it again; clones
+        restored from the state wake up here, and their host's first frame is `resume`."""
+        self.end_all()
+        self.send("parked", 0)
+
+    def end_all(self) -> None:
+        """End every stream and kill every process group this connection started."""
+        for proc in list(self.procs.values()):
+            self.close_proc_fds(proc)
+        for stream in list(self.readers) + list(self.writers) + list(self.watchers):
+            self.end_file_stream(stream)
+        for pgid in self.groups:
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except OSError:
+                pass
+        self.groups.clear()
+        self.procs.clear()
+
+    def resume(self, msg: dict) -> None:
+        """A restored clone's first frame: make this machine unique (RNG, clock), then greet
+        the new host as on a fresh connection. Only PID 1 owns the machine; an agent running
+        as a host subprocess (contract tests) must not touch the host's clock."""
+        if os.getpid() == 1:
+            from . import reseed
+
+            try:
+                reseed.apply(msg["entropy"], msg["time_ns"])
+            except (OSError, ValueError, OverflowError) as e:
+                self.send("error", 0, code="ERESUME", message=f"cannot resume: {e}")
+                return
+        self.send("hello", 0, **self.hello_fields())
 
     def start_exec(self, s: int, msg: dict) -> None:
         if self.stream_busy(s):

@@ -36,6 +36,11 @@ SCHEMA: dict[str, dict[str, object]] = {
     "ping": {"id": _INT},
     "pong": {"id": _INT},
     "shutdown": {},
+    # fast start: the template host parks the idle agent before saving the machine; the
+    # host of a restored clone sends resume (its entropy and wall clock) before hello
+    "park": {},
+    "parked": {},
+    "resume": {"entropy": _BIN, "time_ns": _INT},
     "exec": {
         "argv": _LIST,
         "env?": _MAP,

@@ -97,7 +97,8 @@ class Channel:
         self._ids = itertools.count(1, 2)  # host-opened streams are odd
         self._pings: dict[int, asyncio.Future] = {}
         self._ping_ids = itertools.count(1)
-        self._shutdown_ack: asyncio.Future | None = None
+        # control-stream replies awaited by type: "shutdown" and "parked"
+        self._acks: dict[str, asyncio.Future] = {}
         self._error: BaseException | None = None
         self._reader_task: asyncio.Task | None = None
         self._write_lock = asyncio.Lock()
@@ -106,8 +107,13 @@ class Channel:
 
     # ---- lifecycle ---------------------------------------------------------------------
 
-    async def handshake(self) -> dict:
-        """Read the guest's hello, check its version, answer with ours, start reading."""
+    async def handshake(self, *, resume: tuple[bytes, int] | None = None) -> dict:
+        """Read the guest's hello, check its version, answer with ours, start reading.
+        With `resume` (entropy, wall-clock ns), the guest is a clone restored from a saved
+        state: its agent waits for that first and only then says hello."""
+        if resume is not None:
+            entropy, time_ns = resume
+            await self.send("resume", 0, entropy=entropy, time_ns=time_ns)
         decoder = wire.FrameDecoder()
         msgs: list[dict] = []
         while not msgs:
@@ -160,8 +166,10 @@ class Channel:
                 fut = self._pings.pop(msg["id"], None)
                 if fut and not fut.done():
                     fut.set_result(None)
-            elif t == "shutdown" and self._shutdown_ack and not self._shutdown_ack.done():
-                self._shutdown_ack.set_result(None)
+            elif t in ("shutdown", "parked"):
+                fut = self._acks.pop(t, None)
+                if fut and not fut.done():
+                    fut.set_result(None)
             return
         stream = self.streams.get(s)
         if stream is not None:
@@ -176,8 +184,9 @@ class Channel:
         for fut in list(self._pings.values()):
             if not fut.done():
                 fut.set_exception(self.closed_error())
-        if self._shutdown_ack and not self._shutdown_ack.done():
-            self._shutdown_ack.set_exception(self.closed_error())
+        for fut in list(self._acks.values()):
+            if not fut.done():
+                fut.set_exception(self.closed_error())
 
     def closed_error(self) -> BaseException:
         err = self._error
@@ -231,8 +240,16 @@ class Channel:
         await self.send("ping", 0, id=ping_id)
         await fut
 
+    async def _request(self, t: str, reply: str) -> None:
+        fut = self._acks[reply] = asyncio.get_running_loop().create_future()
+        await self.send(t, 0)
+        await fut
+
     async def shutdown(self) -> None:
         """Ask the agent to sync the disks and power off; returns once it acknowledged."""
-        self._shutdown_ack = asyncio.get_running_loop().create_future()
-        await self.send("shutdown", 0)
-        await self._shutdown_ack
+        await self._request("shutdown", "shutdown")
+
+    async def park(self) -> None:
+        """Ask the agent to end everything and wait, idle, to be saved as a machine state;
+        returns once it is parked. Nothing may be sent on this channel afterwards."""
+        await self._request("park", "parked")

@@ -152,9 +152,12 @@ def _qemu_img(*args: str) -> str:
 
 
 def save(overlay: Path, name: str, *, image: Image, parent: Checkpoint | None,
-         virtual_size_mb: int, overwrite: bool = False, home: Path | None = None) -> Checkpoint:
+         virtual_size_mb: int, overwrite: bool = False, home: Path | None = None,
+         rebase_onto: tuple[Path, str] | None = None) -> Checkpoint:
     """Keep `overlay` (a stopped sandbox's disk) as checkpoint `name`. The overlay file is
-    moved, not copied; with a chain deeper than MAX_CHAIN it is flattened onto the image."""
+    moved, not copied; with a chain deeper than MAX_CHAIN it is flattened onto the image.
+    `rebase_onto` (path, format): the layer the checkpoint must stand on, when the overlay
+    stands on something transient between (a restored clone's saved-state disk)."""
     check_name(name)
     root = checkpoints_dir(home)
     root.mkdir(parents=True, exist_ok=True)
@@ -170,6 +173,9 @@ def save(overlay: Path, name: str, *, image: Image, parent: Checkpoint | None,
         disk = work / "disk.qcow2"
         depth = len(chain(parent, home)) if parent else 0
         shutil.move(str(overlay), disk)
+        if rebase_onto is not None:
+            _qemu_img("rebase", "-f", "qcow2", "-b", str(rebase_onto[0]), "-F", rebase_onto[1],
+                      str(disk))
         parent_name = parent.name if parent else None
         if depth >= MAX_CHAIN:
             # A safe rebase copies into the disk whatever the old chain held that the image

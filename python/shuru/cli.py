@@ -86,15 +86,17 @@ def run(
     env: List[str] = typer.Option([], "-e", "--env", help="KEY=VALUE for the guest command"),
     workdir: Optional[str] = typer.Option(None, "--workdir", "-w", help="Working directory"),
     from_: Optional[str] = typer.Option(None, "--from", help="Start from this checkpoint"),
+    cold: Optional[bool] = typer.Option(None, "--cold",
+                                        help="Boot instead of restoring saved machine state"),
 ):
-    """Boot a fresh sandbox and run a command in it (default: an interactive shell)."""
+    """Start a fresh sandbox and run a command in it (default: an interactive shell)."""
     from .sandbox import resolve_config
     from . import terminal
 
     env_pairs = cfg.parse_env_pairs(env) if env else None
     flags = cli_layer(cpus=cpus, memory=memory, disk_size=disk_size, console=console,
                       kernel=kernel, rootfs=rootfs, initrd=initrd, accel=accel,
-                      workdir=workdir, env=env_pairs, from_=from_,
+                      workdir=workdir, env=env_pairs, from_=from_, cold=cold,
                       command=list(command) if command else None)
     config_file = cfg.find_config_file(config, Path.cwd())
     resolved = resolve_config(flags, config_file)

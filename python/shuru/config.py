@@ -38,6 +38,7 @@ class SandboxConfig:
     accel: str = "auto"
     console: bool = False
     from_: str | None = None  # a checkpoint to start from ("from" in config files)
+    cold: bool = False  # boot even when a saved machine state could be restored
 
     def with_(self, **changes) -> "SandboxConfig":
         return replace(self, **changes)
@@ -120,6 +121,7 @@ CHECKS = {
     "initrd": _host_path,
     "accel": _choice(ACCELS),
     "console": _bool,
+    "cold": _bool,
     "from_": lambda name, value: (None if isinstance(value, str) and value else
                                   f"{name} must be a checkpoint name, got {_show(value)}"),
 }

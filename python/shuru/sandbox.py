@@ -14,17 +14,15 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from . import checkpoints
+from . import checkpoints, faststart, snapshots
 from . import config as cfg
 from .backends.base import MachineSpec
 from .backends.select import default_backend
 from .channel import Channel
-from .errors import BootError, SandboxDiedError, SandboxStateError, ShuruError
+from .errors import SandboxDiedError, SandboxStateError, ShuruError
 from .files import Files, Watch, start_watch
 from .image import current_image, shuru_home
 from .process import ExecResult, Process, run_to_completion, start_stream
-
-BOOT_TIMEOUT = float(os.environ.get("SHURU_BOOT_TIMEOUT", "90"))
 
 
 class State(str, enum.Enum):
@@ -67,6 +65,8 @@ class AsyncSandbox:
         self._timeout_task: asyncio.Task | None = None
         self._image = None  # the guest image the disk stands on (None with custom boot files)
         self._parent: checkpoints.Checkpoint | None = None
+        self._layer: snapshots.Layer | None = None  # the disk layer saved states belong to
+        self._spec_used: MachineSpec | None = None
         self._disk_size = self.config.disk_size
         self.files = Files(self._live_channel)
 
@@ -76,9 +76,10 @@ class AsyncSandbox:
     async def start(cls, *, config: str | os.PathLike | None = None, timeout: float | None = None,
                     on_console: Callable[[bytes], None] | None = None,
                     **options: Any) -> "AsyncSandbox":
-        """Boot a sandbox. Options are the config-file fields (cpus, memory, disk_size, env,
-        workdir, kernel, rootfs, initrd, accel, and `from_`: a checkpoint to start from);
-        `config` names a config file; `timeout` stops the sandbox after that many seconds."""
+        """Start a sandbox. Options are the config-file fields (cpus, memory, disk_size, env,
+        workdir, kernel, rootfs, initrd, accel, `from_`: a checkpoint to start from, and
+        `cold=True` to boot instead of restoring saved machine state); `config` names a
+        config file; `timeout` stops the sandbox after that many seconds."""
         sandbox = cls(resolve_config(options, config), on_console=on_console)
         await sandbox._boot()
         if timeout is not None:
@@ -98,6 +99,9 @@ class AsyncSandbox:
             initrd = c.initrd or self._image.initrd
             rootfs, fmt, base_mb = cp.disk, "qcow2", cp.virtual_size_mb
             disk_size = max(disk_size, base_mb)
+            if not (c.kernel or c.initrd):
+                self._layer = snapshots.Layer("checkpoint", cp.name, cp.path,
+                                              cp.manifest["disk"]["sha256"])
         elif c.kernel and c.rootfs:
             kernel, rootfs, initrd = Path(c.kernel), Path(c.rootfs), c.initrd
         else:
@@ -105,6 +109,9 @@ class AsyncSandbox:
             kernel = Path(c.kernel) if c.kernel else self._image.kernel
             rootfs = Path(c.rootfs) if c.rootfs else self._image.rootfs
             initrd = c.initrd or self._image.initrd
+            if not (c.kernel or c.rootfs or c.initrd):
+                self._layer = snapshots.Layer("image", self._image.id, self._image.path,
+                                              self._image.id)
         self._disk_size = disk_size
         return MachineSpec(kernel=kernel, initrd=Path(initrd) if initrd else None,
                            rootfs=rootfs, cpus=c.cpus, memory=c.memory,
@@ -117,24 +124,9 @@ class AsyncSandbox:
         self.state = State.STARTING
         try:
             backend = default_backend(shuru_home())
-            self._machine = await backend.start(self._spec(), on_console=self._on_console)
-            reader, writer = self._machine.agent
-            self._channel = Channel(reader, writer, describe_death=self._machine.console_tail)
-            hello = asyncio.ensure_future(self._channel.handshake())
-            done, _ = await asyncio.wait({hello, self._machine.exited}, timeout=BOOT_TIMEOUT,
-                                         return_when=asyncio.FIRST_COMPLETED)
-            if hello not in done:
-                hello.cancel()
-                if self._machine.exited in done:
-                    raise BootError("the VM stopped before its agent came up",
-                                    console_tail=self._machine.console_tail())
-                raise BootError(f"the VM's agent did not come up within {BOOT_TIMEOUT:.0f} s",
-                                console_tail=self._machine.console_tail())
-            try:
-                hello.result()
-            except SandboxDiedError as e:
-                raise BootError("the VM's agent went away during start-up",
-                                console_tail=self._machine.console_tail()) from e
+            spec = self._spec_used = self._spec()
+            self._machine, self._channel = await faststart.start(
+                backend, spec, self._layer, cold=self.config.cold, on_console=self._on_console)
             self._machine.exited.add_done_callback(self._on_machine_exit)
             self.state = State.RUNNING
         except BaseException:
@@ -168,9 +160,12 @@ class AsyncSandbox:
             # overlay's own metadata. Only then is the file complete.
             await asyncio.wait_for(channel.shutdown(), 60)
             await asyncio.wait_for(asyncio.shield(self._machine.exited), 60)
+            layer = (self._spec_used.rootfs, self._spec_used.rootfs_format)
+            backing = getattr(self._machine, "backing", layer)
             return await asyncio.to_thread(
                 checkpoints.save, self._machine.disk, name, image=self._image,
-                parent=self._parent, virtual_size_mb=self._disk_size, overwrite=overwrite)
+                parent=self._parent, virtual_size_mb=self._disk_size, overwrite=overwrite,
+                rebase_onto=None if backing == layer else layer)
         except asyncio.TimeoutError:
             raise SandboxDiedError("the VM did not shut down for the checkpoint within 60 s",
                                    console_tail=self._machine.console_tail()) from None

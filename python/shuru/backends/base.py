@@ -16,6 +16,9 @@ class Capabilities:
     name: str
     snapshot_memory: bool  # can save and restore RAM + device state
     channel: str  # "virtio-serial" or "vsock"
+    # starts clones from a saved template VM (`machine_identity`, `start_template`,
+    # `restore`, and machines with `save_state`): see shuru.faststart
+    fast_start: bool = False
 
 
 @dataclass(frozen=True)

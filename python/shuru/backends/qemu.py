@@ -1,7 +1,11 @@
 """The Linux backend: one QEMU process per sandbox, direct kernel boot, microvm.
 
 Owns the QEMU command line (`build_argv`, `kernel_cmdline`: pure), the per-run qcow2 overlay
-over the read-only base disk, and the process's life. QEMU connects to three Unix sockets we
+over the read-only base disk, the process's life, and QEMU's half of fast start: a template
+VM whose RAM lives in a file (`share=on`) is saved with `x-ignore-shared` (only device state
+goes to the state file; the RAM file is the memory), and a clone maps that file privately
+(`share=off`: pages are shared between clones until written) and loads the device state
+with `-incoming defer`. QEMU connects to three Unix sockets we
 listen on (agent channel, QMP, serial console), so there is nothing to poll for. QEMU runs in
 its own session with PDEATHSIG=SIGKILL: it dies with its owner even when the owner is killed
 with SIGKILL, and a terminal's Ctrl-C never reaches it directly.
@@ -11,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
+import shlex
 import shutil
 import subprocess
 from collections import deque
@@ -33,6 +39,7 @@ FAST_FLAGS = (
     "cryptomgr.notests rcupdate.rcu_expedited=1 mitigations=off tsc=reliable panic=-1"
 )
 CONNECT_TIMEOUT = 30.0
+MIGRATION_TIMEOUT = 120.0
 
 
 @dataclass(frozen=True)
@@ -43,9 +50,18 @@ class RunPaths:
     console_sock: Path
 
     @classmethod
-    def inside(cls, root: Path) -> "RunPaths":
-        return cls(root / "disk.qcow2", root / "agent.sock", root / "qmp.sock",
+    def inside(cls, root: Path, overlay: Path | None = None) -> "RunPaths":
+        return cls(overlay or root / "disk.qcow2", root / "agent.sock", root / "qmp.sock",
                    root / "console.sock")
+
+
+@dataclass(frozen=True)
+class RamFile:
+    """Guest RAM backed by a file: `shared` for a template (its writes land in the file,
+    which becomes the saved memory), private for a clone (copy-on-write over the file)."""
+
+    path: Path
+    shared: bool
 
 
 def host_tsc_khz(cpuinfo: str) -> int | None:
@@ -69,14 +85,20 @@ def kernel_cmdline(*, verbose: bool, tsc_khz: int | None) -> str:
 
 
 def build_argv(qemu: str, spec: MachineSpec, accel: accel_mod.Accel, paths: RunPaths,
-               cmdline: str, name: str = "shuru") -> list[str]:
-    """The full QEMU command line for one sandbox."""
+               cmdline: str, name: str = "shuru", *, ram: RamFile | None = None,
+               incoming: bool = False) -> list[str]:
+    """The full QEMU command line for one sandbox (a template with `ram` shared, a clone
+    with `ram` private and `incoming`)."""
+    machine = "microvm" if ram is None else "microvm,memory-backend=ram"
     argv = [
         qemu, "-name", name, "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
-        "-M", "microvm", "-accel", accel.qemu_arg, "-cpu", accel.cpu,
+        "-M", machine, "-accel", accel.qemu_arg, "-cpu", accel.cpu,
         "-smp", str(spec.cpus), "-m", f"{spec.memory}M",
         "-kernel", str(spec.kernel),
     ]
+    if ram is not None:
+        argv += ["-object", f"memory-backend-file,id=ram,size={spec.memory}M,"
+                            f"mem-path={ram.path},share={'on' if ram.shared else 'off'}"]
     if spec.initrd:
         argv += ["-initrd", str(spec.initrd)]
     argv += [
@@ -92,6 +114,8 @@ def build_argv(qemu: str, spec: MachineSpec, accel: accel_mod.Accel, paths: RunP
         "-chardev", f"socket,id=qmp,path={paths.qmp_sock}",
         "-mon", "chardev=qmp,mode=control",
     ]
+    if incoming:
+        argv += ["-incoming", "defer"]
     return argv
 
 
@@ -104,6 +128,21 @@ def find_qemu(arch: str | None = None) -> str:
         raise HostError(f"{name} is not installed",
                         hint="install it with: apt-get install qemu-system-x86 qemu-utils")
     return path
+
+
+@functools.lru_cache(maxsize=8)
+def _version_of(path: str, _mtime: float) -> str:
+    out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
+    return out.stdout.strip().splitlines()[0] if out.stdout.strip() else "unknown"
+
+
+def qemu_version(qemu: str) -> str:
+    """QEMU's own version line (a saved machine state only loads into the QEMU that made
+    it); cached per binary and its mtime, so an upgrade is noticed."""
+    try:
+        return _version_of(qemu, os.stat(qemu).st_mtime)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise HostError(f"cannot run {qemu} --version: {e}") from None
 
 
 def find_qemu_img() -> str:
@@ -154,8 +193,12 @@ class _Listener:
 class QemuMachine:
     def __init__(self, rundir: RunDir, proc: asyncio.subprocess.Process, qmp: QMP,
                  agent, console_reader: asyncio.StreamReader, accel: accel_mod.Accel,
-                 on_console: Callable[[bytes], None] | None, listeners: list[_Listener]):
+                 on_console: Callable[[bytes], None] | None, listeners: list[_Listener],
+                 *, disk: Path, backing: tuple[Path, str], cmdline: str):
         self.rundir = rundir
+        self.disk = disk  # the VM's own overlay (in the run dir unless it is a template's)
+        self.backing = backing  # (path, format) the overlay stands on
+        self.cmdline = cmdline
         self.proc = proc
         self.qmp = qmp
         self.agent = agent
@@ -184,13 +227,44 @@ class QemuMachine:
         except OSError:
             return ""
 
-    @property
-    def disk(self) -> Path:
-        """The sandbox's own disk overlay (valid until `stop`)."""
-        return self.rundir / "disk.qcow2"
+    async def _migrate(self, start: Callable, what: str) -> None:
+        """Run one migration (save or load) to its end over QMP, or raise BootError."""
+        await self.qmp.execute("migrate-set-capabilities", {"capabilities": [
+            {"capability": "x-ignore-shared", "state": True},
+            {"capability": "events", "state": True}]})
+        finished = self.qmp.event_waiter(
+            "MIGRATION", lambda d: d.get("status") in ("completed", "failed", "cancelled"))
+        await start()
+        done, _ = await asyncio.wait({finished, self.exited}, timeout=MIGRATION_TIMEOUT,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if finished not in done:
+            finished.cancel()
+            state = "QEMU exited" if self.exited in done else f"no end in {MIGRATION_TIMEOUT:.0f} s"
+            raise BootError(f"{what} failed: {state}; {self.qemu_errors() or 'no output'}")
+        status = finished.result().get("status")
+        if status != "completed":
+            info = await self.qmp.execute("query-migrate")
+            detail = info.get("error-desc", status) if isinstance(info, dict) else status
+            raise BootError(f"{what} failed: {detail}; {self.qemu_errors() or 'no output'}")
+
+    async def save_state(self, state: Path) -> None:
+        """Pause the VM for good and write its device state to `state`; the RAM stays in
+        the shared RAM file. The VM must never run again (its RAM file is now the saved
+        memory), so QEMU is ended right after."""
+        await self.qmp.execute("stop")
+        await self._migrate(lambda: self.qmp.execute(
+            "migrate", {"uri": f"exec:cat > {shlex.quote(str(state))}"}), "saving the machine state")
+        await self.stop()
+
+    async def load_state(self, state: Path) -> None:
+        """Load the device state into a VM started with `-incoming defer`, then run it."""
+        await self._migrate(lambda: self.qmp.execute(
+            "migrate-incoming", {"uri": f"exec:cat {shlex.quote(str(state))}"}),
+            "restoring the machine state")
+        await self.qmp.execute("cont")
 
     async def stop(self) -> None:
-        """Kill QEMU and remove the run directory (the overlay goes with it)."""
+        """Kill QEMU and remove the run directory (a run-dir overlay goes with it)."""
         if self._stopped:
             return
         self._stopped = True
@@ -211,35 +285,80 @@ class QemuMachine:
 
 
 class QemuBackend:
-    capabilities = Capabilities(name="qemu", snapshot_memory=True, channel="virtio-serial")
+    capabilities = Capabilities(name="qemu", snapshot_memory=True, channel="virtio-serial",
+                                fast_start=True)
 
     def __init__(self, data_dir: Path):
         self.data_dir = data_dir
 
-    async def start(self, spec: MachineSpec, *,
-                    on_console: Callable[[bytes], None] | None = None) -> QemuMachine:
+    def machine_identity(self, spec: MachineSpec) -> dict:
+        """What a saved machine state depends on besides the disk layer and the spec's
+        sizes: this QEMU and the accelerator it runs on."""
         qemu = find_qemu()
-        spec.check_files()
-        accel = accel_mod.choose(spec.accel, qemu, self.data_dir / "cache" / "accel.json")
+        accel = self._accel(spec)
+        return {"qemu": qemu_version(qemu), "accel": accel.name, "cpu": accel.cpu,
+                "accel_arg": accel.qemu_arg, "machine": "microvm"}
+
+    def _accel(self, spec: MachineSpec) -> accel_mod.Accel:
+        return accel_mod.choose(spec.accel, find_qemu(), self.data_dir / "cache" / "accel.json")
+
+    def cmdline(self, spec: MachineSpec) -> str:
         tsc = None
-        if accel.name == "tcg":
+        if self._accel(spec).name == "tcg":
             with contextlib.suppress(OSError):
                 tsc = host_tsc_khz(Path("/proc/cpuinfo").read_text())
+        return kernel_cmdline(verbose=spec.verbose_console, tsc_khz=tsc)
+
+    async def start(self, spec: MachineSpec, *,
+                    on_console: Callable[[bytes], None] | None = None) -> QemuMachine:
+        """Boot a fresh VM on its own overlay over the spec's root disk."""
+        return await self._launch(spec, on_console, cmdline=self.cmdline(spec))
+
+    async def start_template(self, spec: MachineSpec, workdir: Path, *,
+                             on_console: Callable[[bytes], None] | None = None) -> QemuMachine:
+        """Boot a VM whose disk overlay and RAM are files in `workdir`, to be saved with
+        `QemuMachine.save_state` (the files then belong to the saved state)."""
+        return await self._launch(spec, on_console, cmdline=self.cmdline(spec),
+                                  overlay=workdir / "disk.qcow2",
+                                  ram=RamFile(workdir / "ram", shared=True))
+
+    async def restore(self, spec: MachineSpec, *, disk: Path, ram: Path, state: Path,
+                      cmdline: str,
+                      on_console: Callable[[bytes], None] | None = None) -> QemuMachine:
+        """Start a clone of a saved template: its own overlay over the template's disk,
+        the template's RAM file mapped privately, the device state loaded from `state`.
+        Returns a running VM whose agent waits for `resume`."""
+        machine = await self._launch(spec, on_console, cmdline=cmdline,
+                                     base=(disk, "qcow2", spec.disk_size),
+                                     ram=RamFile(ram, shared=False), incoming=True)
+        try:
+            await machine.load_state(state)
+        except BaseException:
+            await machine.stop()
+            raise
+        return machine
+
+    async def _launch(self, spec: MachineSpec, on_console, *, cmdline: str,
+                      overlay: Path | None = None, base: tuple[Path, str, int] | None = None,
+                      ram: RamFile | None = None, incoming: bool = False) -> QemuMachine:
+        qemu = find_qemu()
+        spec.check_files()
+        accel = self._accel(spec)
+        base_path, base_format, base_size_mb = base or (spec.rootfs, spec.rootfs_format,
+                                                       spec.rootfs_size_mb)
         rundir = RunDir.create()
         listeners: list[_Listener] = []
         proc = None
         try:
-            paths = RunPaths.inside(rundir.path)
-            await create_overlay(spec.rootfs, paths.overlay, spec.disk_size,
-                                 base_format=spec.rootfs_format,
-                                 base_size_mb=spec.rootfs_size_mb)
+            paths = RunPaths.inside(rundir.path, overlay)
+            await create_overlay(base_path, paths.overlay, spec.disk_size,
+                                 base_format=base_format, base_size_mb=base_size_mb)
             listeners = [_Listener() for _ in range(3)]
             for listener, path in zip(listeners, (paths.agent_sock, paths.qmp_sock,
                                                   paths.console_sock)):
                 await listener.listen(path)
-            argv = build_argv(qemu, spec, accel, paths,
-                              kernel_cmdline(verbose=spec.verbose_console, tsc_khz=tsc),
-                              name=f"shuru-{rundir.path.name}")
+            argv = build_argv(qemu, spec, accel, paths, cmdline,
+                              name=f"shuru-{rundir.path.name}", ram=ram, incoming=incoming)
             with open(rundir / "qemu.log", "wb") as log:
                 proc = await asyncio.create_subprocess_exec(
                     *argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
@@ -258,7 +377,9 @@ class QemuBackend:
             (agent, (qmp_r, qmp_w), (con_r, con_w)) = connected.result()
             qmp = QMP(qmp_r, qmp_w)
             await qmp.start()
-            return QemuMachine(rundir, proc, qmp, agent, con_r, accel, on_console, listeners)
+            return QemuMachine(rundir, proc, qmp, agent, con_r, accel, on_console, listeners,
+                               disk=paths.overlay, backing=(base_path, base_format),
+                               cmdline=cmdline)
         except BaseException:
             if proc is not None and proc.returncode is None:
                 proc.kill()

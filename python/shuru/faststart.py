@@ -1,0 +1,159 @@
+"""Fast start: a running VM with a connected agent, restored from saved state when possible.
+
+Owns the decision between restoring and booting, and the fallbacks:
+
+* A saved state for the disk layer (image or checkpoint) and the machine's options exists:
+  restore a clone of it, send the host's entropy and wall clock (`resume`), handshake.
+* None exists, it is stale, or it fails to load: warn once, boot a template VM (RAM in a
+  file), wait until its agent is up and idle, park it, save it, and restore from that.
+  Concurrent first starts save one state: the others wait on its lock, then restore.
+* Saving or restoring the new state fails too: warn, and boot an ordinary VM. A saved
+  state is a cache; it never makes a start fail. Only a real boot failure does.
+
+`cold=True`, a backend without memory snapshots, or custom boot files (no layer) boot
+directly, as does every start when the layer is unknown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import time
+import warnings
+from typing import Callable
+
+from . import snapshots
+from .backends.base import MachineSpec
+from .channel import Channel
+from .errors import BootError, SandboxDiedError, ShuruError, ShuruWarning
+from .process import run_to_completion
+
+BOOT_TIMEOUT = float(os.environ.get("SHURU_BOOT_TIMEOUT", "90"))
+# A restored agent answers within a fraction of a second; one that does not within this is
+# a state that did not load properly, and the start falls back to a cold boot.
+RESUME_TIMEOUT = float(os.environ.get("SHURU_RESUME_TIMEOUT", "30"))
+ENTROPY_BYTES = 64
+
+
+async def connect_agent(machine, *, timeout: float = BOOT_TIMEOUT,
+                        resume: bool = False) -> Channel:
+    """Handshake with the machine's agent (after a restore, `resume` it first), or raise
+    BootError with the console tail."""
+    reader, writer = machine.agent
+    channel = Channel(reader, writer, describe_death=machine.console_tail)
+    token = (secrets.token_bytes(ENTROPY_BYTES), time.time_ns()) if resume else None
+    hello = asyncio.ensure_future(channel.handshake(resume=token))
+    try:
+        done, _ = await asyncio.wait({hello, machine.exited}, timeout=timeout,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if hello not in done:
+            if machine.exited in done:
+                raise BootError("the VM stopped before its agent came up",
+                                console_tail=machine.console_tail())
+            raise BootError(f"the VM's agent did not come up within {timeout:.0f} s",
+                            console_tail=machine.console_tail())
+        try:
+            hello.result()
+        except SandboxDiedError as e:
+            raise BootError("the VM's agent went away during start-up",
+                            console_tail=machine.console_tail()) from e
+    except BaseException:
+        hello.cancel()
+        await channel.close()
+        raise
+    return channel
+
+
+async def cold_start(backend, spec: MachineSpec, on_console) -> tuple[object, Channel]:
+    machine = await backend.start(spec, on_console=on_console)
+    try:
+        return machine, await connect_agent(machine)
+    except BaseException:
+        await machine.stop()
+        raise
+
+
+async def restore(backend, spec: MachineSpec, state: snapshots.SavedState,
+                  on_console) -> tuple[object, Channel]:
+    machine = await backend.restore(spec, disk=state.disk, ram=state.ram, state=state.state,
+                                    cmdline=state.cmdline, on_console=on_console)
+    try:
+        return machine, await connect_agent(machine, timeout=RESUME_TIMEOUT, resume=True)
+    except BaseException:
+        await machine.stop()
+        raise
+
+
+async def save(backend, spec: MachineSpec, layer: snapshots.Layer, ident: dict,
+               on_console) -> snapshots.SavedState:
+    """Boot a template VM, let its agent come up and go idle, and save it as the state for
+    `ident`. A failure to boot is a BootError like any cold boot's."""
+    work = snapshots.new_workdir(layer)
+    try:
+        machine = await backend.start_template(spec, work, on_console=on_console)
+        try:
+            channel = await connect_agent(machine)
+            # One command first, so what every exec touches (the agent's spawn path, the
+            # shell) is already in the saved memory instead of being paged in by each clone.
+            await run_to_completion(channel.open_stream(), ["/bin/sh", "-c", "true"],
+                                    stdin=None, timeout=60, cwd="/", env={}, user=None)
+            await channel.park()
+            await machine.save_state(work / "state.bin")
+            await channel.close()
+        finally:
+            await machine.stop()
+        return snapshots.publish(work, layer, ident, cmdline=machine.cmdline,
+                                 guest=dict(channel.guest_hello))
+    except BaseException:
+        snapshots.discard(work)
+        raise
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, ShuruWarning, stacklevel=3)
+
+
+async def start(backend, spec: MachineSpec, layer: snapshots.Layer | None, *, cold: bool,
+                on_console: Callable[[bytes], None] | None = None) -> tuple[object, Channel]:
+    """A running machine and its connected channel, restored when possible (see above)."""
+    if cold or layer is None or not backend.capabilities.fast_start:
+        return await cold_start(backend, spec, on_console)
+    ident = snapshots.identity(layer, cpus=spec.cpus, memory=spec.memory,
+                               disk_size=spec.disk_size, verbose_console=spec.verbose_console,
+                               machine=backend.machine_identity(spec))
+    reason = await _try_existing(backend, spec, layer, ident, on_console)
+    if not isinstance(reason, str):
+        return reason
+    async with snapshots.building(layer, ident):
+        # Someone else may have saved it while we waited for the lock.
+        again = await _try_existing(backend, spec, layer, ident, on_console)
+        if not isinstance(again, str):
+            return again
+        _warn(f"{reason} for {layer.describe()}; booting cold and saving one "
+              "(later starts restore it)")
+        state = await save(backend, spec, layer, ident, on_console)
+    try:
+        return await restore(backend, spec, state, on_console)
+    except ShuruError as e:
+        snapshots.discard(state.path)
+        _warn(f"the machine state just saved for {layer.describe()} did not restore "
+              f"({e.message.splitlines()[0]}); booting cold")
+        return await cold_start(backend, spec, on_console)
+
+
+async def _try_existing(backend, spec, layer, ident, on_console):
+    """Restore from the layer's state: the (machine, channel) pair, or the reason why not
+    (a state that is stale or fails to load is discarded)."""
+    try:
+        state = snapshots.find(layer, ident)
+    except snapshots.StaleStateError as e:
+        snapshots.discard(layer.states_dir / snapshots.key(ident))
+        return e.message
+    if state is None:
+        return "no saved machine state yet"
+    try:
+        return await restore(backend, spec, state, on_console)
+    except ShuruError as e:
+        snapshots.discard(state.path)
+        return f"the saved machine state failed to load ({e.message.splitlines()[0]})"
