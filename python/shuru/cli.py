@@ -183,6 +183,49 @@ def checkpoint_delete(name: str = typer.Argument(..., help="Checkpoint to delete
     print(f"checkpoint {name} deleted")
 
 
+image_app = typer.Typer(no_args_is_help=True,
+                        help="Guest images and the machine states saved for fast start.")
+app.add_typer(image_app, name="image")
+
+
+@image_app.command("list")
+@handle_errors
+def image_list(as_json: bool = typer.Option(False, "--json", help="Print JSON")):
+    """List the installed guest image and every saved machine state (image or checkpoint,
+    the options it was saved with, its size, whether this QEMU can restore it)."""
+    import json
+
+    from . import snapshots
+    from .backends.qemu import find_qemu, qemu_version
+    from .image import image_status
+
+    try:
+        qemu = qemu_version(find_qemu())
+    except ShuruError:
+        qemu = None
+    status = image_status()
+    rows = snapshots.inventory(qemu=qemu)
+    if as_json:
+        print(json.dumps({"image": status, "states": rows}, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if status["ok"]:
+        console.print(f"current image: {status['id']} (Debian {status.get('debian_suite')}, "
+                      f"kernel {status.get('kernel_version')}) at {status['path']}")
+    else:
+        console.print(f"current image: none usable ({status.get('error')})")
+    table = Table("layer", "name", "cpus", "memory", "disk", "accel", "size", "created", "status",
+                  title="saved machine states (later starts restore these instead of booting)")
+    for r in rows:
+        table.add_row(r["layer"], r["name"], str(r["cpus"]), f"{r['memory']} MiB",
+                      f"{r['disk_size']} MiB", r["accel"] or "?", f"{r['size'] / 1048576:.0f} MiB",
+                      r["created"] or "", r["status"])
+    console.print(table)
+
+
 @app.command()
 @handle_errors
 def init(force: bool = typer.Option(False, "--force", help="Rebuild even if the image is current")):

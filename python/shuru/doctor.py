@@ -74,6 +74,17 @@ def check_image() -> Check:
     return Check("guest image", True, detail)
 
 
+def check_saved_states() -> Check:
+    from . import snapshots
+
+    rows = snapshots.inventory()
+    size = sum(r["size"] for r in rows) // (1024 * 1024)
+    detail = (f"{len(rows)} saved machine state(s), {size} MiB on disk; "
+              "`shuru image list` shows them" if rows else
+              "none yet: the first start of each image, checkpoint and machine size saves one")
+    return Check("fast start", True, detail)
+
+
 def check_runtime_dir() -> Check:
     from .runtime import runtime_root
 
@@ -96,6 +107,7 @@ def run_checks() -> list[Check]:
         check_tool("mke2fs", "e2fsprogs", "by `shuru init`"),
         check_accel(),
         check_image(),
+        check_saved_states(),
         check_runtime_dir(),
     ]
 

@@ -100,8 +100,7 @@ class AsyncSandbox:
             rootfs, fmt, base_mb = cp.disk, "qcow2", cp.virtual_size_mb
             disk_size = max(disk_size, base_mb)
             if not (c.kernel or c.initrd):
-                self._layer = snapshots.Layer("checkpoint", cp.name, cp.path,
-                                              cp.manifest["disk"]["sha256"])
+                self._layer = snapshots.Layer.of_checkpoint(cp)
         elif c.kernel and c.rootfs:
             kernel, rootfs, initrd = Path(c.kernel), Path(c.rootfs), c.initrd
         else:
@@ -110,8 +109,7 @@ class AsyncSandbox:
             rootfs = Path(c.rootfs) if c.rootfs else self._image.rootfs
             initrd = c.initrd or self._image.initrd
             if not (c.kernel or c.rootfs or c.initrd):
-                self._layer = snapshots.Layer("image", self._image.id, self._image.path,
-                                              self._image.id)
+                self._layer = snapshots.Layer.of_image(self._image)
         self._disk_size = disk_size
         return MachineSpec(kernel=kernel, initrd=Path(initrd) if initrd else None,
                            rootfs=rootfs, cpus=c.cpus, memory=c.memory,
@@ -261,6 +259,11 @@ class AsyncSandbox:
     def accel(self) -> str | None:
         """The accelerator the VM runs on ("kvm" or "tcg"), once started."""
         return self._machine.accel.name if self._machine else None
+
+    @property
+    def restored(self) -> bool:
+        """Whether this sandbox was restored from saved machine state (rather than booted)."""
+        return getattr(self._machine, "restored_from", None) is not None
 
     def console_tail(self, lines: int = 40) -> str:
         return self._machine.console_tail(lines) if self._machine else ""

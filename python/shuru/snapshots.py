@@ -37,7 +37,7 @@ from .errors import ShuruError
 
 FORMAT = 1
 FILES = ("disk.qcow2", "ram", "state.bin")
-KEEP_PER_LAYER = 4  # more variants of one layer than this: the oldest go
+KEEP_PER_LAYER = 8  # more variants of one layer than this: the least recently used go
 
 
 class StaleStateError(ShuruError):
@@ -59,6 +59,14 @@ class Layer:
 
     def describe(self) -> str:
         return f"guest image {self.name}" if self.kind == "image" else f"checkpoint {self.name!r}"
+
+    @classmethod
+    def of_image(cls, image) -> "Layer":
+        return cls("image", image.id, image.path, image.id)
+
+    @classmethod
+    def of_checkpoint(cls, cp) -> "Layer":
+        return cls("checkpoint", cp.name, cp.path, cp.manifest["disk"]["sha256"])
 
 
 @dataclass(frozen=True)
@@ -149,6 +157,8 @@ def find(layer: Layer, ident: dict[str, Any]) -> SavedState | None:
     why = problem(manifest, ident, _sizes(path))
     if why:
         raise StaleStateError(f"the saved machine state at {path} is stale: {why}")
+    with contextlib.suppress(OSError):
+        os.utime(path)  # the directory's mtime is its last use, for pruning
     return SavedState(path, manifest)
 
 
@@ -200,7 +210,7 @@ def _prune(layer: Layer, ident: dict[str, Any]) -> None:
         if st.manifest.get("identity", {}).get("qemu") != ident.get("qemu"):
             discard(st.path)
     states = list_layer(layer)
-    states.sort(key=lambda st: st.manifest.get("created", ""), reverse=True)
+    states.sort(key=lambda st: st.path.stat().st_mtime, reverse=True)
     for st in states[KEEP_PER_LAYER:]:
         discard(st.path)
 
@@ -244,3 +254,35 @@ async def building(layer: Layer, ident: dict[str, Any]) -> AsyncIterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def inventory(home: Path | None = None, *, qemu: str | None = None) -> list[dict[str, Any]]:
+    """Every saved state under the data dir, as rows for `shuru image list`: its layer, the
+    options it was made with, its size, and whether this QEMU (`qemu`: its version line)
+    can load it."""
+    from . import checkpoints
+    from .image import images_dir, load as load_image
+
+    layers: list[Layer] = []
+    root = images_dir(home)
+    if root.is_dir():
+        for entry in sorted(root.iterdir()):
+            if entry.is_dir() and not entry.is_symlink() and (entry / "manifest.json").is_file():
+                with contextlib.suppress(ShuruError):
+                    layers.append(Layer.of_image(load_image(entry)))
+    layers += [Layer.of_checkpoint(cp) for cp in checkpoints.list_all(home)]
+    rows = []
+    for layer in layers:
+        for st in list_layer(layer):
+            ident = st.manifest.get("identity", {})
+            usable = qemu is None or ident.get("qemu") == qemu
+            rows.append({
+                "layer": layer.kind, "name": layer.name, "key": st.path.name,
+                "cpus": ident.get("cpus"), "memory": ident.get("memory"),
+                "disk_size": ident.get("disk_size"), "accel": ident.get("accel"),
+                "qemu": ident.get("qemu"), "size": disk_usage(st),
+                "created": st.manifest.get("created"),
+                "status": "ok" if usable else "stale (made by another QEMU)",
+                "path": str(st.path),
+            })
+    return rows

@@ -181,6 +181,10 @@ class Sandbox:
     def accel(self):
         return self._async.accel
 
+    @property
+    def restored(self) -> bool:
+        return self._async.restored
+
     def console_tail(self, lines: int = 40) -> str:
         return self._async.console_tail(lines)
 

@@ -1,4 +1,5 @@
-"""The async SDK against one real VM (module-scoped: one boot for all of these tests)."""
+"""The async SDK against real VMs: every test runs twice, on a sandbox that booted cold and
+on one restored from saved machine state (module-scoped: one start of each for all tests)."""
 
 import asyncio
 import os
@@ -13,9 +14,11 @@ from shuru import (AsyncSandbox, ExecTimeoutError, GuestFileError, GuestFileNotF
 pytestmark = [pytest.mark.usefixtures("image"), pytest.mark.asyncio(loop_scope="module")]
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def sb():
-    sandbox = await AsyncSandbox.start(cpus=2, memory=1024, env={"SANDBOX_WIDE": "1"})
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=["cold", "restored"])
+async def sb(request):
+    cold = request.param == "cold"
+    sandbox = await AsyncSandbox.start(cpus=2, memory=1024, env={"SANDBOX_WIDE": "1"}, cold=cold)
+    assert sandbox.restored is not cold
     yield sandbox
     await sandbox.stop()
 

@@ -199,6 +199,7 @@ class QemuMachine:
         self.disk = disk  # the VM's own overlay (in the run dir unless it is a template's)
         self.backing = backing  # (path, format) the overlay stands on
         self.cmdline = cmdline
+        self.restored_from: Path | None = None  # the state file, for a restored clone
         self.proc = proc
         self.qmp = qmp
         self.agent = agent
@@ -333,6 +334,7 @@ class QemuBackend:
                                      ram=RamFile(ram, shared=False), incoming=True)
         try:
             await machine.load_state(state)
+            machine.restored_from = state
         except BaseException:
             await machine.stop()
             raise
