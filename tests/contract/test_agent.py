@@ -4,6 +4,7 @@ host's real Channel and Process code. No VM: these pin the protocol's behaviour.
 import asyncio
 import os
 import signal
+import time
 
 import pytest
 
@@ -227,3 +228,53 @@ async def test_version_mismatch_is_refused(fake_guest):
     guest.sendall(wire.message("hello", version=99))
     with pytest.raises(ProtocolError, match="version 99"):
         await ch.handshake()
+
+
+async def test_park_then_resume_greets_a_new_host_and_serves_it():
+    """What a saved template and its clones go through, minus the VM: the template's host
+    parks the agent (its processes end); a clone's host speaks first with `resume`, and the
+    agent answers with a fresh hello and serves as usual."""
+    import socket
+    import subprocess
+    import sys
+
+    host, guest = socket.socketpair()
+    proc = subprocess.Popen([sys.executable, "-m", "shuru_guest", "--fd", str(guest.fileno())],
+                            pass_fds=[guest.fileno()])
+    guest.close()
+    decoder = wire.FrameDecoder()
+
+    def read_one() -> dict:
+        msgs: list[dict] = []
+        while not msgs:
+            data = host.recv(65536)
+            assert data, "the agent closed the channel"
+            msgs = decoder.feed(data)
+        assert len(msgs) == 1, msgs
+        return msgs[0]
+
+    try:
+        host.settimeout(30)
+        assert read_one()["t"] == "hello"
+        host.sendall(wire.message("hello", version=wire.VERSION))
+        host.sendall(wire.message("exec", 1, argv=["sleep", "1000"]))
+        started = read_one()
+        assert started["t"] == "started"
+        host.sendall(wire.message("park"))
+        assert read_one()["t"] == "parked"
+
+        # The clone's host: a Channel that resumes, on the same byte stream.
+        host.settimeout(None)
+        reader, writer = await asyncio.open_connection(sock=host)
+        ch = Channel(reader, writer)
+        hello = await ch.handshake(resume=(os.urandom(64), time.time_ns()))
+        assert hello["pid"] == proc.pid
+        r = await run(ch, ["sh", "-c", f"kill -0 {started['pid']} 2>/dev/null; echo $?"])
+        # The parked agent killed the sleep (a zombie until reaped still answers kill -0,
+        # so ask until it is reaped: the agent reaps on SIGCHLD).
+        while r.stdout != "1\n":
+            r = await run(ch, ["sh", "-c", f"kill -0 {started['pid']} 2>/dev/null; echo $?"])
+        await ch.close()
+    finally:
+        host.close()
+        proc.wait(timeout=10)
