@@ -29,6 +29,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -37,6 +38,7 @@ from .errors import ShuruError
 
 FORMAT = 1
 FILES = ("disk.qcow2", "ram", "state.bin")
+ABANDONED_AFTER = 3600.0  # seconds; an unpublished work dir this old belongs to nobody
 KEEP_PER_LAYER = 8  # more variants of one layer than this: the least recently used go
 
 
@@ -171,8 +173,13 @@ def discard(path: Path) -> None:
 
 
 def new_workdir(layer: Layer) -> Path:
-    """A private directory for a template VM's disk and RAM, published by `publish`."""
+    """A private directory for a template VM's disk and RAM, published by `publish`. Work
+    left by a start that was killed mid-save (a save takes a minute at most) is removed."""
     layer.states_dir.mkdir(parents=True, exist_ok=True)
+    for entry in layer.states_dir.glob(".[nd]e[wl]-*"):
+        with contextlib.suppress(OSError):
+            if time.time() - entry.stat().st_mtime > ABANDONED_AFTER:
+                shutil.rmtree(entry, ignore_errors=True)
     return Path(tempfile.mkdtemp(prefix=".new-", dir=layer.states_dir))
 
 

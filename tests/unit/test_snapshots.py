@@ -115,3 +115,14 @@ def test_template_and_clone_command_lines():
     assert "microvm,memory-backend=ram" in template and "-incoming" not in template
     assert clone[clone.index("-incoming") + 1] == "defer"
     assert any("file=/state/disk.qcow2" in a for a in template)
+
+
+def test_work_left_by_a_killed_save_is_swept_when_old(tmp_path):
+    lay = layer(tmp_path)
+    lay.states_dir.mkdir()
+    for name in (".new-old", ".del-old", ".new-young"):
+        (lay.states_dir / name).mkdir()
+    for name in (".new-old", ".del-old"):
+        os.utime(lay.states_dir / name, (0, 0))
+    work = snapshots.new_workdir(lay)
+    assert {p.name for p in lay.states_dir.iterdir()} == {".new-young", work.name}
