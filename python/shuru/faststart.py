@@ -49,6 +49,9 @@ async def connect_agent(machine, *, timeout: float = BOOT_TIMEOUT,
                                      return_when=asyncio.FIRST_COMPLETED)
         if hello not in done:
             if machine.exited in done:
+                drained = getattr(machine, "console_drained", None)
+                if drained:
+                    await drained()
                 raise BootError("the VM stopped before its agent came up",
                                 console_tail=machine.console_tail())
             raise BootError(f"the VM's agent did not come up within {timeout:.0f} s",

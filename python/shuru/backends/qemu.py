@@ -218,9 +218,23 @@ class QemuMachine:
                 if self._on_console:
                     self._on_console(chunk)
 
+    async def console_drained(self, timeout: float = 2.0) -> None:
+        """Wait (briefly) until the console has delivered everything QEMU wrote before it
+        exited, so an error's console tail holds the last words."""
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(asyncio.shield(self._console_task), timeout)
+
     def console_tail(self, lines: int = 40) -> str:
+        """The console's last `lines` lines; if the kernel panicked before them, from the
+        panic line on (at most 100 lines), since that line says why the VM died."""
         text = b"".join(self._console).decode("utf-8", "replace").replace("\r\n", "\n")
-        return "\n".join(text.rstrip("\n").splitlines()[-lines:])
+        all_lines = text.rstrip("\n").splitlines()
+        start = max(0, len(all_lines) - lines)
+        panic = next((i for i in range(len(all_lines) - 1, -1, -1)
+                      if "Kernel panic" in all_lines[i]), None)
+        if panic is not None and panic < start:
+            start = max(panic, len(all_lines) - 100)
+        return "\n".join(all_lines[start:])
 
     def qemu_errors(self) -> str:
         try:

@@ -1,0 +1,22 @@
+"""What a boot failure shows of the console: the tail, or from the kernel's panic line on."""
+
+
+from shuru.backends.qemu import QemuMachine
+
+
+def tail_of(text: str, lines: int = 5) -> str:
+    machine = QemuMachine.__new__(QemuMachine)
+    machine._console = [text.encode()]
+    return machine.console_tail(lines)
+
+
+def test_plain_tail():
+    text = "".join(f"line {i}\r\n" for i in range(20))
+    assert tail_of(text) == "\n".join(f"line {i}" for i in range(15, 20))
+
+
+def test_a_panic_before_the_tail_is_kept():
+    text = "boot\nKernel panic - not syncing: VFS: Unable to mount root fs\n" + "".join(
+        f"trace {i}\n" for i in range(30))
+    out = tail_of(text).splitlines()
+    assert out[0].startswith("Kernel panic") and out[-1] == "trace 29" and len(out) == 31
