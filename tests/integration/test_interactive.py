@@ -42,6 +42,16 @@ class Tmux:
             assert time.monotonic() < deadline, f"no shell prompt; screen:\n{self.screen()}"
             time.sleep(0.1)
 
+    def wait_for_prompt_last(self, timeout: float = 120) -> None:
+        """Until the shell's prompt is the screen's last non-empty line."""
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = [line for line in self.screen().splitlines() if line.strip()]
+            if lines and lines[-1].strip() == "#":
+                return
+            assert time.monotonic() < deadline, f"no fresh prompt; screen:\n{self.screen()}"
+            time.sleep(0.1)
+
     def alive(self) -> bool:
         return subprocess.run(["tmux", "has-session", "-t", self.name],
                               capture_output=True).returncode == 0
@@ -75,9 +85,12 @@ def test_interactive_shell_prompt_ctrl_c_resize_and_exit(tmux_run):
     t.wait_for("42 /dev/pts/0 shuru")
     t.send("stty size", "Enter")
     t.wait_for("30 100")
-    # Ctrl-C reaches the guest's foreground job, not shuru.
-    t.send("sleep 1000", "Enter")
+    # Ctrl-C reaches the guest's foreground job, not shuru. Each key waits for what it
+    # answers: ^C flushes the terminal's queues, so keys typed ahead of it may be dropped.
+    t.send("echo $((40 + 2))-zz; sleep 1000", "Enter")
+    t.wait_for("42-zz")
     t.send("C-c")
+    t.wait_for_prompt_last()
     t.send("echo after-$((1 + 1))", "Enter")
     t.wait_for("after-2")
     # A window resize follows into the guest.
