@@ -72,6 +72,15 @@ async def test_concurrent_clones_are_unique_isolated_and_on_the_hosts_clock():
         await stop_all(first, *clones)
 
 
+async def starts_restored_after_warning(match: str, **options) -> None:
+    with pytest.warns(ShuruWarning, match=match):
+        sb = await AsyncSandbox.start(**options)
+    try:
+        assert sb.restored and (await sb.exec("echo ok")).stdout == "ok\n"
+    finally:
+        await sb.stop()
+
+
 async def test_a_stale_or_broken_state_falls_back_and_is_saved_again():
     forget(704)
     sb = await AsyncSandbox.start(memory=704)
@@ -81,24 +90,14 @@ async def test_a_stale_or_broken_state_falls_back_and_is_saved_again():
 
     manifest = dict(state.manifest, identity={**state.manifest["identity"], "qemu": "QEMU 0.1"})
     (state.path / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.warns(ShuruWarning, match="stale.*qemu"):
-        sb = await AsyncSandbox.start(memory=704)
-    try:
-        assert sb.restored and (await sb.exec("echo ok")).stdout == "ok\n"
-    finally:
-        await sb.stop()
+    await starts_restored_after_warning("stale.*qemu", memory=704)
     (state,) = image_states(704)
     assert state.manifest["identity"]["qemu"] == real_qemu
 
     # Same size, garbage inside: QEMU cannot load it; the start still succeeds.
     size = state.state.stat().st_size
     state.state.write_bytes(os.urandom(size))
-    with pytest.warns(ShuruWarning, match="failed to load"):
-        sb = await AsyncSandbox.start(memory=704)
-    try:
-        assert sb.restored and (await sb.exec("echo ok")).stdout == "ok\n"
-    finally:
-        await sb.stop()
+    await starts_restored_after_warning("failed to load", memory=704)
     (state,) = image_states(704)
     assert state.state.read_bytes()[:4] == b"QEVM"  # a real migration stream again
 
