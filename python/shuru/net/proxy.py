@@ -1,0 +1,359 @@
+"""The policy proxy: one per sandbox, where every guest DNS query and TCP connection ends.
+
+It owns the decisions (allowed or denied, tunnel or intercept) and runs each connection:
+denied ones are refused at once with a reason; hosts a secret applies to are intercepted
+(TLS terminated with the sandbox CA on 443, plain HTTP on 80) so placeholders in request
+heads become real values; every other allowed host is tunnelled byte for byte. Real values
+are read from the host environment once, here, and live only in this object, out of every
+repr, log line and error message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import os
+import secrets as secrets_module
+import ssl
+from dataclasses import dataclass
+from typing import Mapping
+
+from ..errors import ConfigError, ShuruError
+from . import dns, http, names
+from .audit import AuditLog
+from .ca import CertAuthority, host_trust_store
+from .config import NetworkConfig, Secret
+from .conn import READ_SIZE, GuestConn, TLSGuestConn
+from .fakeip import FakeIPs
+from .upstream import CONNECT_TIMEOUT, ProxySettings, UpstreamError, dial
+
+GUEST_CA_BUNDLE = "/etc/ssl/certs/shuru-ca-bundle.pem"
+# Variables that point common TLS clients at the bundle (OpenSSL, Node, requests/pip,
+# curl, git), so intercepted hosts verify whatever the guest runs.
+CA_ENV_VARS = ("SSL_CERT_FILE", "NODE_EXTRA_CA_CERTS", "REQUESTS_CA_BUNDLE",
+               "CURL_CA_BUNDLE", "GIT_SSL_CAINFO")
+PLACEHOLDER_PREFIX = "shuru_tok_"
+DENY_DRAIN_BYTES = 64 * 1024
+DENY_DRAIN_SECONDS = 1.0
+
+
+class _Value:
+    """A secret's real value. Its repr is the secret's name, so it cannot leak by way of a
+    traceback, a debugger or an f-string."""
+
+    __slots__ = ("name", "placeholder", "raw")
+
+    def __init__(self, name: str, placeholder: str, raw: bytes):
+        self.name, self.placeholder, self.raw = name, placeholder, raw
+
+    def __repr__(self) -> str:
+        return f"<secret {self.name}>"
+
+    __str__ = __repr__
+
+
+@dataclass
+class _Counts:
+    up: int = 0
+    down: int = 0
+
+
+def _value_problems(secret: Secret, environ: Mapping[str, str]) -> list[str]:
+    value = environ.get(secret.from_env)
+    if value is None or value == "":
+        return [f"secrets.{secret.name}.from: the host environment variable "
+                f"{secret.from_env} is not set"]
+    if any(c in value for c in "\r\n\0"):
+        return [f"secrets.{secret.name}.from: the value of {secret.from_env} holds a line "
+                f"break or NUL, which cannot go into an HTTP header"]
+    return []
+
+
+class PolicyProxy:
+    """The network of one sandbox. `placeholders` and `guest_env` go to the guest; `audit`
+    is the event log (newest last)."""
+
+    def __init__(self, config: NetworkConfig, *, environ: Mapping[str, str] = os.environ,
+                 upstream_cafile: str | None = None,
+                 connect_timeout: float = CONNECT_TIMEOUT):
+        problems = [p for s in config.secrets for p in _value_problems(s, environ)]
+        try:
+            self._proxies = ProxySettings.from_environ(environ)
+        except ConfigError as e:
+            problems += e.problems
+        if problems:
+            raise ConfigError(problems)
+        self.config = config
+        self._allow = tuple(names.normalize(p) for p in config.allow)
+        self._resolve = {names.normalize(k): v for k, v in config.resolve.items()}
+        self._values: list[tuple[tuple[str, ...], _Value]] = []
+        self.placeholders: dict[str, str] = {}
+        for secret in config.secrets:
+            placeholder = PLACEHOLDER_PREFIX + secrets_module.token_hex(16)
+            self.placeholders[secret.name] = placeholder
+            value = _Value(secret.name, placeholder, environ[secret.from_env].encode())
+            self._values.append((tuple(names.normalize(h) for h in secret.hosts), value))
+        self.guest_env: dict[str, str] = dict(self.placeholders)
+        self.guest_env.update((var, GUEST_CA_BUNDLE) for var in CA_ENV_VARS)
+        self._ca = CertAuthority(f"shuru sandbox CA {secrets_module.token_hex(4)}")
+        self._bundle: bytes | None = None
+        self._upstream_tls = ssl.create_default_context(cafile=upstream_cafile)
+        self._upstream_tls.set_alpn_protocols(["http/1.1"])
+        self._connect_timeout = connect_timeout
+        self._fake = FakeIPs()
+        self._log = AuditLog()
+        self.audit: list[dict] = self._log.events
+        self._sessions: set[asyncio.Task] = set()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return (f"<PolicyProxy allow={list(self._allow) or 'all'} "
+                f"secrets={list(self.placeholders)}>")
+
+    @property
+    def ca_cert_pem(self) -> bytes:
+        """This sandbox's CA certificate (PEM), on its own."""
+        return self._ca.cert_pem
+
+    def guest_ca_bundle(self) -> bytes:
+        """What the guest trusts: the host's trust store and this sandbox's CA (PEM)."""
+        if self._bundle is None:
+            store = host_trust_store().rstrip(b"\n")
+            self._bundle = (store + b"\n" if store else b"") + self._ca.cert_pem
+        return self._bundle
+
+    # ---- decisions (pure) --------------------------------------------------------------
+
+    def allowed(self, host: str) -> bool:
+        return names.allowed(self._allow, host)
+
+    def _secrets_for(self, host: str) -> list[_Value]:
+        return [v for hosts, v in self._values if names.allowed(hosts, host,
+                                                                empty_allows_all=False)]
+
+    # ---- DNS ---------------------------------------------------------------------------
+
+    async def dns(self, query: bytes) -> bytes:
+        """The answer to one DNS message from the guest; b"" means send nothing back."""
+        return self.answer_dns(query)
+
+    def answer_dns(self, query: bytes) -> bytes:
+        if dns.is_droppable(query):
+            return b""
+        if dns.opcode(query) != 0:
+            return dns.error(query, dns.NOTIMP)
+        try:
+            q = dns.parse_query(query)
+        except dns.DNSFormatError:
+            return dns.error(query, dns.FORMERR)
+        name = names.normalize(q.name)
+        if not names.valid_name(name):
+            self._log.record("deny", None, "", 53, reason="DNS: not a valid host name")
+            return dns.reply(q, dns.REFUSED)
+        if q.qclass != dns.IN or not self.allowed(name):
+            self._log.record("deny", name, "", 53,
+                             reason="DNS: not in the sandbox's network allowlist")
+            return dns.reply(q, dns.REFUSED)
+        if q.qtype != dns.A:
+            # AAAA and everything else: the name exists, with no records of that type, so
+            # clients fall back to A at once instead of waiting.
+            return dns.reply(q)
+        ip = self._fake.address(name)
+        self._log.record("dns", name, ip, 53)
+        return dns.reply(q, addresses=(ip,))
+
+    # ---- connections -------------------------------------------------------------------
+
+    async def connect(self, dst_ip: str, dst_port: int, guest: GuestConn) -> None:
+        """Run one guest connection to `dst_ip`:`dst_port` until it is over; `guest` is
+        closed on return."""
+        session = asyncio.ensure_future(self._session(dst_ip, dst_port, guest))
+        self._sessions.add(session)
+        try:
+            await asyncio.wait({session})
+        finally:
+            if not session.done():
+                session.cancel()
+                await asyncio.wait({session})
+            self._sessions.discard(session)
+            with contextlib.suppress(Exception):
+                await guest.close()
+
+    async def close(self) -> None:
+        """End every open connection; later ones are refused."""
+        self._closed = True
+        sessions = list(self._sessions)
+        for session in sessions:
+            session.cancel()
+        if sessions:
+            await asyncio.wait(sessions)
+
+    async def _session(self, dst_ip: str, port: int, guest: GuestConn) -> None:
+        try:
+            ip = str(ipaddress.ip_address(dst_ip))
+        except (ValueError, TypeError):
+            ip = str(dst_ip)[:64]
+        if not isinstance(port, int) or not 0 < port < 65536:
+            return await self._deny(guest, None, ip, 0, "not a valid port")
+        host = self._fake.name(ip)
+        if self._closed:
+            return await self._deny(guest, host, ip, port, "the sandbox is stopping")
+        if host is None:
+            return await self._deny(guest, None, ip, port,
+                                    "the address did not come from shuru's DNS "
+                                    "(connections to hard-coded IP addresses are refused)")
+        if not self.allowed(host):
+            return await self._deny(guest, host, ip, port,
+                                    "not in the sandbox's network allowlist")
+        values = self._secrets_for(host)
+        mode = "tunnel"
+        if values and port == 443:
+            mode = "intercept tls"
+        elif values and port == 80:
+            mode = "intercept http"
+        self._log.record("connect", host, ip, port, reason=mode)
+        counts = _Counts()
+        reason = None
+        writer = None
+        try:
+            reader, writer = await dial(
+                host, port, resolve=self._resolve, proxies=self._proxies,
+                tls=self._upstream_tls if mode == "intercept tls" else None,
+                timeout=self._connect_timeout)
+            if mode == "tunnel":
+                await self._tunnel(guest, reader, writer, counts)
+            else:
+                conn = guest
+                if mode == "intercept tls":
+                    conn = TLSGuestConn(guest, self._ca.server_context(
+                        host, alpn=("http/1.1",)))
+                    await conn.handshake()
+                await self._intercept(conn, reader, writer, (host, ip, port), values, counts)
+        except UpstreamError as e:
+            reason = e.message
+            if port == 80:
+                with contextlib.suppress(Exception):
+                    await guest.send(http.simple_response(
+                        502, "Bad Gateway", f"shuru could not reach {host}: {e.message}\n"))
+                    await guest.send_eof()
+        except http.HTTPError as e:
+            reason = f"malformed request from the guest: {e.message}"
+        except ssl.SSLError as e:
+            reason = f"TLS failed: {e.reason or e.__class__.__name__}"
+        except (ConnectionError, OSError, ShuruError) as e:
+            reason = f"connection failed: {e.__class__.__name__}"
+        finally:
+            if writer is not None:
+                writer.transport.abort()
+            self._log.record("close", host, ip, port, reason=reason,
+                             bytes_up=counts.up, bytes_down=counts.down)
+
+    async def _deny(self, guest: GuestConn, host: str | None, ip: str, port: int,
+                    reason: str) -> None:
+        self._log.record("deny", host, ip, port, reason=reason)
+        if port != 80:
+            return
+        body = f"shuru's network policy blocked {host or ip}: {reason}\n"
+        with contextlib.suppress(Exception):
+            await guest.send(http.simple_response(403, "Forbidden", body))
+            await guest.send_eof()
+            # Read what the client sent, so closing does not reset the connection before
+            # it has read the answer; bounded in bytes and time.
+            async def drain():
+                seen = 0
+                while seen < DENY_DRAIN_BYTES:
+                    data = await guest.recv()
+                    if not data:
+                        return
+                    seen += len(data)
+            await asyncio.wait_for(drain(), DENY_DRAIN_SECONDS)
+
+    # ---- the two ways an allowed connection runs ---------------------------------------
+
+    @staticmethod
+    async def _both(*coroutines) -> None:
+        """Run both directions; the first failure ends the connection."""
+        tasks = [asyncio.ensure_future(c) for c in coroutines]
+        try:
+            pending = set(tasks)
+            while pending:
+                done, pending = await asyncio.wait(pending,
+                                                   return_when=asyncio.FIRST_EXCEPTION)
+                for task in done:
+                    if task.exception() is not None:
+                        raise task.exception()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _downstream(self, conn: GuestConn, reader: asyncio.StreamReader,
+                          counts: _Counts) -> None:
+        while data := await reader.read(READ_SIZE):
+            counts.down += len(data)
+            await conn.send(data)
+        await conn.send_eof()
+
+    async def _tunnel(self, guest: GuestConn, reader, writer, counts: _Counts) -> None:
+        async def upstream():
+            while data := await guest.recv():
+                counts.up += len(data)
+                writer.write(data)
+                await writer.drain()
+            if writer.can_write_eof():
+                writer.write_eof()
+
+        await self._both(upstream(), self._downstream(guest, reader, counts))
+
+    async def _intercept(self, conn: GuestConn, reader, writer, where: tuple,
+                         values: list[_Value], counts: _Counts) -> None:
+        replacements = {v.placeholder.encode(): v.raw for v in values}
+        by_placeholder = {v.placeholder.encode(): v.name for v in values}
+
+        async def upstream():
+            buffer = bytearray()
+            requests = 0
+            while True:
+                scanned = 0
+                while (end := http.head_end(buffer, scanned - 3)) < 0:
+                    scanned = len(buffer)
+                    data = await conn.recv()
+                    if not data:
+                        if writer.can_write_eof():
+                            writer.write_eof()
+                        return
+                    buffer += data
+                try:
+                    head = http.parse_head(bytes(buffer[:end]))
+                    framer = (http.RestFramer() if http.is_upgrade(head)
+                              else http.body_framer(head))
+                except http.HTTPError as e:
+                    if requests == 0:
+                        await conn.send(http.simple_response(
+                            e.status, "Bad Request", f"shuru: {e.message}\n"))
+                        await conn.send_eof()
+                    raise
+                del buffer[:end]
+                requests += 1
+                head, used = http.rewrite_head(head, replacements)
+                if used:
+                    self._log.record("inject", *where,
+                                     secrets=sorted(by_placeholder[p] for p in used))
+                out = head.encode()
+                counts.up += len(out)
+                writer.write(out)
+                while not framer.done:
+                    if not buffer:
+                        data = await conn.recv()
+                        if not data:
+                            break
+                        buffer += data
+                    n = framer.feed(buffer)
+                    counts.up += n
+                    writer.write(bytes(buffer[:n]))
+                    del buffer[:n]
+                    await writer.drain()
+                await writer.drain()
+
+        await self._both(upstream(), self._downstream(conn, reader, counts))
