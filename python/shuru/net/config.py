@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ..errors import ConfigError
-from . import names
+from . import names, upstream
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 NETWORK_FIELDS = ("allow", "resolve")
@@ -80,15 +80,25 @@ def _network_problems(network: Any) -> list[str]:
         problems.append(f"network.resolve must be a mapping of names to addresses, "
                         f"got {_show(resolve)}")
         return problems
-    for name, address in resolve.items():
-        if not isinstance(name, str) or not names.valid_name(names.normalize(name)):
-            problems.append(f"network.resolve {_show(name)}: not a valid host name")
-            continue
-        try:
-            ipaddress.ip_address(address if isinstance(address, str) else "")
-        except ValueError:
-            problems.append(f"network.resolve.{name} must be an IP address, got {_show(address)}")
+    for key, value in resolve.items():
+        problems += _resolve_problems(key, value)
     return problems
+
+
+def _resolve_problems(key: Any, value: Any) -> list[str]:
+    try:
+        name, port = upstream.split_port(key) if isinstance(key, str) else ("", None)
+    except ValueError:
+        name = ""
+    if not names.valid_name(names.normalize(name)):
+        return [f"network.resolve {_show(key)}: expected a host name, or name:port"]
+    try:
+        address, port = upstream.split_port(value) if isinstance(value, str) else ("", None)
+        ipaddress.ip_address(address)
+    except ValueError:
+        return [f"network.resolve.{key} must be an IP address, or address:port "
+                f"([address]:port for IPv6), got {_show(value)}"]
+    return []
 
 
 def _allow_of(network: Any) -> tuple[str, ...]:

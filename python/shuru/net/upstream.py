@@ -128,6 +128,36 @@ class ProxySettings:
         return proxy
 
 
+def split_port(text: str) -> tuple[str, int | None]:
+    """`host`, `host:port`, `[v6]` or `[v6]:port` as (host, port or None); a bare IPv6
+    address has no port. ValueError for a port that is not one."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest and not rest.startswith(":"):
+            raise ValueError(text)
+        port = rest[1:] if rest else None
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host, port = text, None
+    if port is None:
+        return host, None
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(text)
+    return host, int(port)
+
+
+def resolve_target(resolve: Mapping[str, str], host: str, port: int) -> tuple[str | None, int]:
+    """Where `host`:`port` is dialled by the `resolve` map: (address or None for the host
+    resolver, port). A `name:port` key wins over a bare `name`; a value may carry a port
+    of its own, so a loopback test server on any port can stand in for :443."""
+    value = resolve.get(f"{host}:{port}") or resolve.get(host)
+    if value is None:
+        return None, port
+    address, mapped = split_port(value)
+    return address, mapped or port
+
+
 def _authority(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -162,15 +192,15 @@ async def dial(host: str, port: int, *, resolve: Mapping[str, str], proxies: Pro
                tls: ssl.SSLContext | None = None, timeout: float = CONNECT_TIMEOUT):
     """A connection (reader, writer) to `host`:`port`, TLS-verified as `host` when `tls`
     is given. UpstreamError if it cannot be made within `timeout` seconds."""
-    address = resolve.get(host)
+    address, dial_port = resolve_target(resolve, host, port)
     proxy = proxies.for_target(host, address, port)
 
     async def connect():
         if proxy is None:
             return await asyncio.open_connection(
-                address or host, port, ssl=tls, server_hostname=host if tls else None,
+                address or host, dial_port, ssl=tls, server_hostname=host if tls else None,
                 happy_eyeballs_delay=0.25)
-        reader, writer = await _through_proxy(proxy, address or host, port)
+        reader, writer = await _through_proxy(proxy, address or host, dial_port)
         if tls is not None:
             try:
                 await writer.start_tls(tls, server_hostname=host)
