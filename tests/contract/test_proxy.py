@@ -315,6 +315,7 @@ async def test_intercepted_tls_injects_the_secret_in_every_request_on_a_connecti
     assert ssl_object.selected_alpn_protocol() == "http/1.1"
     cert = guest.writer.get_extra_info("peercert")
     assert cert["subjectAltName"] == (("DNS", "api.test"),)
+    assert dict(x[0] for x in cert["issuer"])["commonName"].startswith("shuru sandbox CA")
 
     body = f"payload with {token} stays".encode()
     chunked = b"5\r\nhello\r\n" + f"{len(token):x}\r\n{token}\r\n0\r\n\r\n".encode()
@@ -460,3 +461,19 @@ async def test_empty_allowlist_allows_every_name(servers):
     guest.writer.write_eof()
     assert (await guest.reader.read()).startswith(b"0 ")
     await guest.finish()
+
+
+async def test_connections_past_the_cap_are_refused(proxy, servers, monkeypatch):
+    monkeypatch.setattr("shuru.net.proxy.MAX_CONNECTIONS", 2)
+    held = [await open_guest(proxy, "raw.test", servers.tcp_port) for _ in range(2)]
+    for guest in held:  # both in flight: the cap counts open sessions
+        guest.writer.write(b"x")
+        await guest.writer.drain()
+    extra = await open_guest(proxy, "raw.test", servers.tcp_port)
+    assert await extra.reader.read() == b""
+    await extra.finish()
+    assert "connections are open" in events(proxy, "deny")[-1]["reason"]
+    for guest in held:
+        guest.writer.write_eof()
+        assert (await guest.reader.readline()).startswith(b"1 ")
+        await guest.finish()

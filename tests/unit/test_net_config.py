@@ -72,3 +72,13 @@ def test_bad_secret_flags(text, fragment):
         parse_secret_flag(text)
     assert fragment in str(e.value)
     assert all(p.startswith(f"--secret {text!r}") for p in e.value.problems)
+
+
+def test_resolve_entries_may_carry_ports():
+    assert network_problems({"resolve": {"a.test:443": "127.0.0.1:8443", "b.test": "::1",
+                                         "c.test:80": "[::1]:8080"}}, None) == []
+    problems = network_problems({"resolve": {"a.test:x": "127.0.0.1", "b.test": "127.0.0.1:0",
+                                             "c.test": "::1:80:x", "d.test": "name.test"}}, None)
+    assert [p.split(" ")[0] + " " + p.split(" ")[1] for p in problems] == [
+        "network.resolve 'a.test:x':", "network.resolve.b.test must", "network.resolve.c.test must",
+        "network.resolve.d.test must"]

@@ -3,7 +3,7 @@
 import pytest
 
 from shuru.errors import ConfigError
-from shuru.net.upstream import ProxySettings, UpstreamProxy, parse_proxy_url
+from shuru.net.upstream import ProxySettings, UpstreamProxy, parse_proxy_url, resolve_target
 
 
 def test_proxy_variables_pick_by_port_lower_case_first():
@@ -53,3 +53,11 @@ def test_unusable_proxies_name_the_variable_but_not_the_value():
     assert len(e.value.problems) == 2
     assert "HTTPS_PROXY" in str(e.value) and "http_proxy" in str(e.value)
     assert "hunter2" not in str(e.value)
+
+
+def test_resolve_map_name_port_wins_over_name():
+    resolve = {"a.test:443": "127.0.0.1:8443", "a.test": "127.0.0.2", "v6.test": "[::1]:9"}
+    assert resolve_target(resolve, "a.test", 443) == ("127.0.0.1", 8443)
+    assert resolve_target(resolve, "a.test", 80) == ("127.0.0.2", 80)
+    assert resolve_target(resolve, "v6.test", 1) == ("::1", 9)
+    assert resolve_target(resolve, "b.test", 22) == (None, 22)

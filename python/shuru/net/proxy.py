@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import logging
 import os
 import secrets as secrets_module
 import ssl
@@ -34,7 +35,11 @@ GUEST_CA_BUNDLE = "/etc/ssl/certs/shuru-ca-bundle.pem"
 CA_ENV_VARS = ("SSL_CERT_FILE", "NODE_EXTRA_CA_CERTS", "REQUESTS_CA_BUNDLE",
                "CURL_CA_BUNDLE", "GIT_SSL_CAINFO")
 PLACEHOLDER_PREFIX = "shuru_tok_"
+log = logging.getLogger("shuru.net")
 DENY_DRAIN_BYTES = 64 * 1024
+# Each open connection holds a host socket; a guest that opens them without end is refused
+# past this many rather than exhausting the host's file descriptors.
+MAX_CONNECTIONS = 1024
 DENY_DRAIN_SECONDS = 1.0
 
 
@@ -199,6 +204,9 @@ class PolicyProxy:
         host = self._fake.name(ip)
         if self._closed:
             return await self._deny(guest, host, ip, port, "the sandbox is stopping")
+        if len(self._sessions) > MAX_CONNECTIONS:
+            return await self._deny(guest, host, ip, port,
+                                    f"more than {MAX_CONNECTIONS} connections are open")
         if host is None:
             return await self._deny(guest, None, ip, port,
                                     "the address did not come from shuru's DNS "
@@ -243,6 +251,9 @@ class PolicyProxy:
             reason = f"TLS failed: {e.reason or e.__class__.__name__}"
         except (ConnectionError, OSError, ShuruError) as e:
             reason = f"connection failed: {e.__class__.__name__}"
+        except Exception as e:  # a bug of ours: end this connection, keep the proxy
+            log.error("network connection to %s:%s failed", host, port, exc_info=True)
+            reason = f"internal error: {e.__class__.__name__}"
         finally:
             if writer is not None:
                 writer.transport.abort()
