@@ -361,6 +361,18 @@ async def test_a_malformed_request_to_an_intercepted_host_gets_400(proxy):
     assert "malformed request" in events(proxy, "close")[-1]["reason"]
 
 
+async def test_a_request_for_another_host_never_gets_the_secret(proxy):
+    # A shared front end (a CDN) routes by Host, so a Host naming somewhere else could
+    # carry the real value to that somewhere else.
+    guest = await open_guest(proxy, "api.test", 443, tls=sandbox_trust(proxy))
+    guest.writer.write(f"GET / HTTP/1.1\r\nHost: other.test\r\nX-Key: {proxy.placeholders['KEY']}\r\n"
+                       f"\r\n".encode())
+    status, _, body = await read_response(guest.reader)
+    await guest.finish()
+    assert status == 421 and b"another host than api.test" in body
+    assert not events(proxy, "inject")
+
+
 async def test_upstream_tls_is_verified_against_the_host_trust_store_by_default(servers):
     proxy = make_proxy(servers, trust_test_ca=False)
     guest = await Guest(proxy, await lookup(proxy, "api.test"), 443).open()
@@ -404,11 +416,11 @@ async def test_no_proxy_sends_matching_hosts_direct(servers):
     environ = {"https_proxy": f"127.0.0.1:{servers.proxy_port}", "NO_PROXY": "localhost,.api.test"}
     proxy = make_proxy(servers, environ=environ)
     guest = await open_guest(proxy, "api.test", 443, tls=sandbox_trust(proxy))
-    guest.writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    guest.writer.write(b"GET / HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n")
     assert (await read_response(guest.reader))[0] == 200
     await guest.finish()
     guest = await open_guest(proxy, "other.test", 443, tls=ssl.create_default_context(cafile=servers.cafile))
-    guest.writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    guest.writer.write(b"GET / HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n")
     assert (await read_response(guest.reader))[0] == 200
     await guest.finish()
     assert servers.connects == [(f"127.0.0.1:{servers.https_port}", None)]  # other.test only

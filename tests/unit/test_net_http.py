@@ -122,6 +122,29 @@ def test_upgrade_and_connect_leave_http():
 
 
 def test_simple_response_is_complete():
-    response = http.simple_response(403, "Forbidden", "blocked x\n")
+    response = http.simple_response(403, "blocked x\n")
     assert response.startswith(b"HTTP/1.1 403 Forbidden\r\n")
     assert b"Content-Length: 10\r\n" in response and response.endswith(b"\r\n\r\nblocked x\n")
+
+
+@pytest.mark.parametrize("raw", [
+    b"GET / HTTP/1.1\r\nHost: api.x.io\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: API.X.IO.:443\r\n\r\n",
+    b"GET http://api.x.io:80/a?b HTTP/1.1\r\nHost: api.x.io\r\n\r\n",
+    b"GET / HTTP/1.0\r\n\r\n",
+])
+def test_requests_addressed_to_the_connections_host_pass(raw):
+    http.check_authority(head(raw), "api.x.io")
+
+
+@pytest.mark.parametrize("raw, status", [
+    (b"GET / HTTP/1.1\r\nHost: evil.io\r\n\r\n", 421),
+    (b"GET / HTTP/1.1\r\nHost: api.x.io.evil.io\r\n\r\n", 421),
+    (b"GET http://evil.io/ HTTP/1.1\r\nHost: api.x.io\r\n\r\n", 421),
+    (b"GET http://api.x.io@evil.io/ HTTP/1.1\r\nHost: api.x.io\r\n\r\n", 421),
+    (b"GET / HTTP/1.1\r\nHost: api.x.io\r\nHost: evil.io\r\n\r\n", 400),
+])
+def test_requests_addressed_elsewhere_are_refused(raw, status):
+    with pytest.raises(http.HTTPError) as e:
+        http.check_authority(head(raw), "api.x.io")
+    assert e.value.status == status

@@ -18,6 +18,7 @@ from typing import Mapping
 from urllib.parse import quote
 
 from ..errors import ProtocolError
+from . import names
 
 MAX_HEAD = 64 * 1024
 MAX_HEADERS = 256
@@ -213,6 +214,30 @@ class RestFramer:
         return len(data)
 
 
+def _host_of(authority: bytes) -> str:
+    authority = authority.strip().lower().decode("latin-1")
+    if authority.startswith("["):
+        return authority[1:].partition("]")[0]
+    return authority.rpartition(":")[0] if authority.count(":") == 1 else authority
+
+
+def check_authority(head: RequestHead, host: str) -> None:
+    """HTTPError (421) unless every authority in `head` (the Host header, an absolute-form
+    target) names `host`. Secrets go only to the host the connection was opened for;
+    a different Host on a shared front end (a CDN) could route them somewhere else."""
+    authorities = head.values(b"host")
+    if len(authorities) > 1:
+        raise HTTPError("more than one Host header")
+    target = head.target
+    if b"://" in target[:16]:
+        authorities.append(target.split(b"://", 1)[1].split(b"/", 1)[0].split(b"?", 1)[0])
+    for authority in authorities:
+        if authority.rpartition(b"@")[2] != authority or \
+                names.normalize(_host_of(authority)) != host:
+            raise HTTPError(f"the request is addressed to another host than {host}",
+                            status=421)
+
+
 def body_framer(head: RequestHead):
     """The framer for the body that follows `head`; HTTPError for ambiguous framing."""
     encodings = b",".join(head.values(b"transfer-encoding"))
@@ -237,8 +262,12 @@ def is_upgrade(head: RequestHead) -> bool:
     return head.method == b"CONNECT" or bool(head.values(b"upgrade"))
 
 
-def simple_response(status: int, reason: str, body: str) -> bytes:
+REASONS = {400: "Bad Request", 403: "Forbidden", 421: "Misdirected Request",
+           431: "Request Header Fields Too Large", 502: "Bad Gateway"}
+
+
+def simple_response(status: int, body: str) -> bytes:
     """A complete `Connection: close` response with a plain-text body."""
     data = body.encode()
-    return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    return (f"HTTP/1.1 {status} {REASONS[status]}\r\nContent-Type: text/plain; charset=utf-8\r\n"
             f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n").encode() + data

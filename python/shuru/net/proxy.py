@@ -243,7 +243,7 @@ class PolicyProxy:
             if port == 80:
                 with contextlib.suppress(Exception):
                     await guest.send(http.simple_response(
-                        502, "Bad Gateway", f"shuru could not reach {host}: {e.message}\n"))
+                        502, f"shuru could not reach {host}: {e.message}\n"))
                     await guest.send_eof()
         except http.HTTPError as e:
             reason = f"malformed request from the guest: {e.message}"
@@ -267,7 +267,7 @@ class PolicyProxy:
             return
         body = f"shuru's network policy blocked {host or ip}: {reason}\n"
         with contextlib.suppress(Exception):
-            await guest.send(http.simple_response(403, "Forbidden", body))
+            await guest.send(http.simple_response(403, body))
             await guest.send_eof()
             # Read what the client sent, so closing does not reset the connection before
             # it has read the answer; bounded in bytes and time.
@@ -337,12 +337,12 @@ class PolicyProxy:
                     buffer += data
                 try:
                     head = http.parse_head(bytes(buffer[:end]))
+                    http.check_authority(head, where[0])
                     framer = (http.RestFramer() if http.is_upgrade(head)
                               else http.body_framer(head))
                 except http.HTTPError as e:
                     if requests == 0:
-                        await conn.send(http.simple_response(
-                            e.status, "Bad Request", f"shuru: {e.message}\n"))
+                        await conn.send(http.simple_response(e.status, f"shuru: {e.message}\n"))
                         await conn.send_eof()
                     raise
                 del buffer[:end]
