@@ -373,6 +373,23 @@ async def test_a_request_for_another_host_never_gets_the_secret(proxy):
     assert not events(proxy, "inject")
 
 
+async def test_an_endless_request_head_is_cut_off(proxy):
+    guest = await open_guest(proxy, "api.test", 80)
+    guest.writer.write(b"GET / HTTP/1.1\r\nX-Long: " + b"a" * (70 * 1024))
+    status, _, _ = await read_response(guest.reader)
+    await guest.finish()
+    assert status == 431
+
+
+async def test_a_guest_that_does_not_trust_the_sandbox_ca_gets_nothing(proxy):
+    guest = Guest(proxy, await lookup(proxy, "api.test"), 443)
+    with pytest.raises(ssl.SSLCertVerificationError):
+        await guest.open(tls=ssl.create_default_context(), server_hostname="api.test")
+    await guest.task
+    assert "the sandbox CA" in events(proxy, "close")[-1]["reason"]
+    assert not events(proxy, "inject")
+
+
 async def test_upstream_tls_is_verified_against_the_host_trust_store_by_default(servers):
     proxy = make_proxy(servers, trust_test_ca=False)
     guest = await Guest(proxy, await lookup(proxy, "api.test"), 443).open()

@@ -101,3 +101,23 @@ def test_fake_ips_wrap_round_the_pool_without_two_names_sharing_an_address():
     assert third == first and first != second
     assert fake.name(first) == "c" and fake.name(second) == "b"
     assert fake.address("a") == second
+
+
+def test_the_proxys_dns_answers_garbage_without_raising():
+    from shuru.net import NetworkConfig, PolicyProxy
+
+    proxy = PolicyProxy(NetworkConfig(allow=("ok.io",)), environ={})
+    rng = random.Random(53)
+    seed = dns.build_query("ok.io")
+    for _ in range(3000):
+        data = bytearray(seed if rng.random() < 0.7 else rng.randbytes(rng.randrange(0, 40)))
+        for _ in range(rng.randrange(0, 4)):
+            if data:
+                data[rng.randrange(len(data))] = rng.randrange(256)
+        answer = proxy.answer_dns(bytes(data))
+        assert answer == b"" or (answer[:2] == data[:2] and answer[2] & 0x80)
+    assert len(proxy.audit) <= 10000
+    # Other opcodes (NOTIFY, UPDATE) are not implemented.
+    update = bytearray(seed)
+    update[2] |= 5 << 3
+    assert dns.read_answer(proxy.answer_dns(bytes(update)))[0] == dns.NOTIMP

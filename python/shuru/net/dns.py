@@ -18,7 +18,7 @@ from dataclasses import dataclass
 MAX_MESSAGE = 65535  # the most TCP framing can carry; UDP is smaller still
 TTL = 60  # short, so a guest re-asks after the host changes its mind (a new sandbox)
 
-A, AAAA, CNAME, ANY = 1, 28, 5, 255
+A, AAAA = 1, 28
 IN = 1
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
 _HEADER = struct.Struct("!HHHHHH")

@@ -199,7 +199,7 @@ class PolicyProxy:
             ip = str(ipaddress.ip_address(dst_ip))
         except (ValueError, TypeError):
             ip = str(dst_ip)[:64]
-        if not isinstance(port, int) or not 0 < port < 65536:
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
             return await self._deny(guest, None, ip, 0, "not a valid port")
         host = self._fake.name(ip)
         if self._closed:
@@ -236,7 +236,13 @@ class PolicyProxy:
                 if mode == "intercept tls":
                     conn = TLSGuestConn(guest, self._ca.server_context(
                         host, alpn=("http/1.1",)))
-                    await conn.handshake()
+                    try:
+                        await conn.handshake()
+                    except (ssl.SSLError, ConnectionError) as e:
+                        detail = getattr(e, "reason", None) or e.__class__.__name__
+                        reason = (f"TLS with the guest failed ({detail}); its client must "
+                                  f"trust the sandbox CA")
+                        return
                 await self._intercept(conn, reader, writer, (host, ip, port), values, counts)
         except UpstreamError as e:
             reason = e.message
@@ -327,15 +333,15 @@ class PolicyProxy:
             requests = 0
             while True:
                 scanned = 0
-                while (end := http.head_end(buffer, scanned - 3)) < 0:
-                    scanned = len(buffer)
-                    data = await conn.recv()
-                    if not data:
-                        if writer.can_write_eof():
-                            writer.write_eof()
-                        return
-                    buffer += data
                 try:
+                    while (end := http.head_end(buffer, scanned - 3)) < 0:
+                        scanned = len(buffer)
+                        data = await conn.recv()
+                        if not data:
+                            if writer.can_write_eof():
+                                writer.write_eof()
+                            return
+                        buffer += data
                     head = http.parse_head(bytes(buffer[:end]))
                     http.check_authority(head, where[0])
                     framer = (http.RestFramer() if http.is_upgrade(head)
