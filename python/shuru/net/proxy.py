@@ -328,6 +328,10 @@ class PolicyProxy:
         replacements = {v.placeholder.encode(): v.raw for v in values}
         by_placeholder = {v.placeholder.encode(): v.name for v in values}
 
+        def half_close():
+            if writer.can_write_eof():  # TLS upstream cannot; the guest's EOF ends it there
+                writer.write_eof()
+
         async def upstream():
             buffer = bytearray()
             requests = 0
@@ -338,9 +342,7 @@ class PolicyProxy:
                         scanned = len(buffer)
                         data = await conn.recv()
                         if not data:
-                            if writer.can_write_eof():
-                                writer.write_eof()
-                            return
+                            return half_close()
                         buffer += data
                     head = http.parse_head(bytes(buffer[:end]))
                     http.check_authority(head, where[0])
@@ -363,8 +365,9 @@ class PolicyProxy:
                 while not framer.done:
                     if not buffer:
                         data = await conn.recv()
-                        if not data:
-                            break
+                        if not data:  # the guest ended mid-body; upstream decides
+                            await writer.drain()
+                            return half_close()
                         buffer += data
                     n = framer.feed(buffer)
                     counts.up += n
