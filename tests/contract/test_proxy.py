@@ -346,11 +346,25 @@ async def test_plain_http_to_a_secret_host_is_rewritten_too(proxy):
     guest = await open_guest(proxy, "api.test", 80)
     guest.writer.write(f"GET /p?t={token} HTTP/1.1\r\nHost: api.test\r\nX-Key: {token}\r\n"
                        f"Connection: close\r\n\r\n".encode())
-    guest.writer.write_eof()  # a half-close after the request still gets the answer
     seen = echoed((await read_response(guest.reader))[2])
     await guest.finish()
     assert seen["path"] == f"/p?t={REAL}" and seen["headers"]["x-key"] == REAL and not seen["tls"]
     assert events(proxy, "inject")[-1]["port"] == 80
+
+
+async def test_a_half_close_reaches_an_intercepted_upstream(servers):
+    # Upstream here is the raw server, which answers only once it has seen EOF.
+    proxy = make_proxy(servers, extra_resolve={"api.test:80": f"127.0.0.1:{servers.tcp_port}"})
+    token = proxy.placeholders["KEY"]
+    guest = await open_guest(proxy, "api.test", 80)
+    guest.writer.write(f"POST / HTTP/1.1\r\nHost: api.test\r\nX-Key: {token}\r\n"
+                       f"Content-Length: 3\r\n\r\nabc".encode())
+    guest.writer.write_eof()
+    await guest.reader.readline()
+    echoed_back = (await guest.reader.read())[::-1]
+    await guest.finish()
+    assert echoed_back == f"POST / HTTP/1.1\r\nHost: api.test\r\nX-Key: {REAL}\r\n" \
+                          f"Content-Length: 3\r\n\r\nabc".encode()
 
 
 async def test_a_malformed_request_to_an_intercepted_host_gets_400(proxy):
