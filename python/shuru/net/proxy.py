@@ -344,7 +344,8 @@ class PolicyProxy:
                         if not data:
                             return half_close()
                         buffer += data
-                    head = http.parse_head(bytes(buffer[:end]))
+                    raw = bytes(buffer[:end])
+                    head = http.parse_head(raw)
                     http.check_authority(head, where[0])
                     framer = (http.RestFramer() if http.is_upgrade(head)
                               else http.body_framer(head))
@@ -359,7 +360,8 @@ class PolicyProxy:
                 if used:
                     self._log.record("inject", *where,
                                      secrets=sorted(by_placeholder[p] for p in used))
-                out = head.encode()
+                # Untouched heads go out as they came, spacing and all.
+                out = head.encode() if used else raw
                 counts.up += len(out)
                 writer.write(out)
                 while not framer.done:
