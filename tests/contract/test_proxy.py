@@ -52,6 +52,7 @@ class Servers:
         self.tcp_servers: list[asyncio.base_events.Server] = []
         self.connects: list[tuple[str, str | None]] = []  # (target, Proxy-Authorization)
         self.proxied: list[asyncio.Future] = []
+        self.sni: list[str | None] = []  # server names TLS clients asked for
 
     async def _site(self, ssl_context=None) -> int:
         app = web.Application()
@@ -68,8 +69,11 @@ class Servers:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_verify_locations(cadata=self.ca.cert_pem.decode())
         # One certificate per name the client asks for, all from the test CA.
-        context.sni_callback = lambda obj, name, _ctx: setattr(
-            obj, "context", self.ca.server_context(name or "localhost"))
+        def pick_certificate(ssl_object, name, _context):
+            self.sni.append(name)
+            ssl_object.context = self.ca.server_context(name or "localhost")
+
+        context.sni_callback = pick_certificate
         self.https_port = await self._site(context)
         self.tcp_port = await self._tcp(self._reverse)
         self.proxy_port = await self._tcp(self._connect_proxy)
@@ -150,21 +154,30 @@ def make_proxy(servers: Servers, *, allow=("api.test", "other.test", "raw.test",
     resolve.update(extra_resolve or {})
     config = network_config({"allow": list(allow), "resolve": resolve},
                             {"KEY": {"from": "REAL_KEY", "hosts": list(secret_hosts)}})
-    return PolicyProxy(config, environ={**ENVIRON, **(environ or {})},
-                       upstream_cafile=servers.cafile if trust_test_ca else None)
+    proxy = PolicyProxy(config, environ={**ENVIRON, **(environ or {})},
+                        upstream_cafile=servers.cafile if trust_test_ca else None)
+    CREATED.append(proxy)
+    return proxy
+
+
+CREATED: list[PolicyProxy] = []
+
+
+@pytest.fixture(autouse=True)
+async def no_values_anywhere():
+    """After every test, no proxy it made shows the real value in its audit log, its
+    repr or its attributes' reprs; and each is closed."""
+    CREATED.clear()
+    yield
+    for proxy in CREATED:
+        await proxy.close()
+        text = json.dumps(proxy.audit) + repr(proxy) + repr(proxy.__dict__)
+        assert REAL not in text
 
 
 @pytest.fixture
 async def proxy(servers):
-    p = make_proxy(servers)
-    yield p
-    await p.close()
-    assert_no_values(p)
-
-
-def assert_no_values(proxy: PolicyProxy) -> None:
-    text = json.dumps(proxy.audit) + repr(proxy) + repr(proxy.__dict__)
-    assert REAL not in text
+    return make_proxy(servers)
 
 
 # ---- the guest's side -------------------------------------------------------------------
@@ -308,7 +321,7 @@ async def test_placeholder_to_a_host_without_the_secret_goes_out_unchanged(proxy
 
 # ---- interception ---------------------------------------------------------------------------
 
-async def test_intercepted_tls_injects_the_secret_in_every_request_on_a_connection(proxy):
+async def test_intercepted_tls_injects_the_secret_in_every_request_on_a_connection(proxy, servers):
     token = proxy.placeholders["KEY"]
     guest = await open_guest(proxy, "api.test", 443, tls=sandbox_trust(proxy))
     ssl_object = guest.writer.get_extra_info("ssl_object")
@@ -339,6 +352,7 @@ async def test_intercepted_tls_injects_the_secret_in_every_request_on_a_connecti
     injects = events(proxy, "inject")
     assert [(e["host"], e["port"], e["secrets"]) for e in injects] == [("api.test", 443, ["KEY"])] * 2
     assert events(proxy, "connect")[-1]["reason"] == "intercept tls"
+    assert servers.sni == ["api.test"]  # upstream TLS names the real host
 
 
 async def test_plain_http_to_a_secret_host_is_rewritten_too(proxy):

@@ -20,7 +20,6 @@ from ..errors import ConfigError, ShuruError
 from . import names
 
 CONNECT_TIMEOUT = 10.0
-MAX_PROXY_HEAD = 16 * 1024
 
 
 class UpstreamError(ShuruError):
@@ -163,8 +162,8 @@ def _authority(host: str, port: int) -> str:
 
 
 async def _through_proxy(proxy: UpstreamProxy, target: str, port: int):
-    reader, writer = await asyncio.open_connection(proxy.host, proxy.port,
-                                                   limit=MAX_PROXY_HEAD)
+    # The reader's default limit (64 KiB) bounds the proxy's answer to CONNECT too.
+    reader, writer = await asyncio.open_connection(proxy.host, proxy.port)
     try:
         authority = _authority(target, port)
         request = f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n".encode()
