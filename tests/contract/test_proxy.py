@@ -279,6 +279,16 @@ async def test_a_hard_coded_ip_on_port_80_gets_a_403_that_says_why(proxy):
     assert not events(proxy, "connect")
 
 
+async def test_a_hard_coded_ip_on_port_443_gets_a_403_over_tls(proxy):
+    trust = ssl.create_default_context(cadata=proxy.ca_cert_pem.decode())
+    guest = await open_guest(proxy, "127.0.0.1", 443, tls=trust)  # verified: an IP SAN
+    guest.writer.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    status, _, body = await read_response(guest.reader)
+    await guest.finish()
+    assert status == 403 and b"shuru's network policy blocked 127.0.0.1" in body
+    assert events(proxy, "deny")[-1]["port"] == 443 and not events(proxy, "connect")
+
+
 async def test_an_address_never_handed_out_is_closed_at_once(proxy, servers):
     guest = await open_guest(proxy, "198.18.200.1", servers.tcp_port)
     assert await guest.reader.read() == b""

@@ -36,11 +36,12 @@ CA_ENV_VARS = ("SSL_CERT_FILE", "NODE_EXTRA_CA_CERTS", "REQUESTS_CA_BUNDLE",
                "CURL_CA_BUNDLE", "GIT_SSL_CAINFO")
 PLACEHOLDER_PREFIX = "shuru_tok_"
 log = logging.getLogger("shuru.net")
+# A denied HTTP(S) client gets its answer within this long, or is simply closed.
+DENY_SECONDS = 1.0
 DENY_DRAIN_BYTES = 64 * 1024
 # Each open connection holds a host socket; a guest that opens them without end is refused
 # past this many rather than exhausting the host's file descriptors.
 MAX_CONNECTIONS = 1024
-DENY_DRAIN_SECONDS = 1.0
 
 
 class _Value:
@@ -269,22 +270,26 @@ class PolicyProxy:
     async def _deny(self, guest: GuestConn, host: str | None, ip: str, port: int,
                     reason: str) -> None:
         self._log.record("deny", host, ip, port, reason=reason)
-        if port != 80:
-            return
+        if port not in (80, 443):
+            return  # closing is all a protocol we do not speak can be told
         body = f"shuru's network policy blocked {host or ip}: {reason}\n"
         with contextlib.suppress(Exception):
-            await guest.send(http.simple_response(403, body))
-            await guest.send_eof()
-            # Read what the client sent, so closing does not reset the connection before
-            # it has read the answer; bounded in bytes and time.
-            async def drain():
-                seen = 0
-                while seen < DENY_DRAIN_BYTES:
-                    data = await guest.recv()
-                    if not data:
-                        return
-                    seen += len(data)
-            await asyncio.wait_for(drain(), DENY_DRAIN_SECONDS)
+            await asyncio.wait_for(self._answer_denied(guest, host or ip, port, body),
+                                   DENY_SECONDS)
+
+    async def _answer_denied(self, guest: GuestConn, name: str, port: int, body: str) -> None:
+        """Tell an HTTP(S) client why, as a 403 (over TLS with a sandbox-CA certificate
+        for the name or address it asked for, on 443), then read what it sent, so closing
+        does not reset the connection before it has read the answer."""
+        conn = guest
+        if port == 443:
+            conn = TLSGuestConn(guest, self._ca.server_context(name, alpn=("http/1.1",)))
+            await conn.handshake()
+        await conn.send(http.simple_response(403, body))
+        await conn.send_eof()
+        seen = 0
+        while seen < DENY_DRAIN_BYTES and (data := await conn.recv()):
+            seen += len(data)
 
     # ---- the two ways an allowed connection runs ---------------------------------------
 
