@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 
 from shuru.errors import ConfigError
-from shuru.net import (NetworkConfig, PolicyProxy, StreamGuestConn, network_config)
+from shuru.net import NetworkConfig, PolicyProxy, Secret, StreamGuestConn, network_config
 from shuru.net import dns
 from shuru.net.ca import CertAuthority
 from shuru.net.fakeip import POOL
@@ -493,6 +493,15 @@ def test_a_missing_or_unusable_host_variable_is_a_config_error_naming_it():
     assert len(e.value.problems) == 3
     assert "secrets.A" in text and "UNSET_VAR" in text and "secrets.B" in text and "BAD_VAR" in text
     assert "line" not in text.replace("line break", "")
+
+
+def test_a_hand_built_config_is_checked_too(tmp_path):
+    config = NetworkConfig(allow=("*",), resolve={"a.io": "nowhere"},
+                           secrets=(Secret("K", "REAL_KEY", ("elsewhere.io",)),))
+    with pytest.raises(ConfigError) as e:
+        PolicyProxy(config, environ=ENVIRON, upstream_cafile=str(tmp_path / "missing.pem"))
+    fields = [p.split(" ")[0] for p in e.value.problems]
+    assert fields == ["network.allow[0]", "network.resolve.a.io", "upstream_cafile"]
 
 
 def test_guest_env_and_ca_bundle(servers):

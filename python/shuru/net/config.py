@@ -151,6 +151,13 @@ def network_problems(network: object, secrets: object) -> list[str]:
     return _network_problems(network) + _secret_problems(secrets, _allow_of(network))
 
 
+def config_problems(config: NetworkConfig) -> list[str]:
+    """`network_problems` for a NetworkConfig built by hand rather than by network_config."""
+    return network_problems(
+        {"allow": list(config.allow), "resolve": dict(config.resolve)},
+        {s.name: {"from": s.from_env, "hosts": list(s.hosts)} for s in config.secrets})
+
+
 def network_config(network: Mapping | None, secrets: Mapping | None) -> NetworkConfig:
     """The `NetworkConfig` for validated config-file shapes; ConfigError listing every
     problem otherwise."""

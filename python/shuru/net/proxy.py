@@ -24,7 +24,7 @@ from ..errors import ConfigError, ShuruError
 from . import dns, http, names
 from .audit import AuditLog
 from .ca import CertAuthority, host_trust_store
-from .config import NetworkConfig, Secret
+from .config import NetworkConfig, Secret, config_problems
 from .conn import READ_SIZE, GuestConn, TLSGuestConn
 from .fakeip import FakeIPs
 from .upstream import CONNECT_TIMEOUT, ProxySettings, UpstreamError, dial
@@ -83,11 +83,16 @@ class PolicyProxy:
     def __init__(self, config: NetworkConfig, *, environ: Mapping[str, str] = os.environ,
                  upstream_cafile: str | None = None,
                  connect_timeout: float = CONNECT_TIMEOUT):
-        problems = [p for s in config.secrets for p in _value_problems(s, environ)]
+        problems = config_problems(config)
+        problems += [p for s in config.secrets for p in _value_problems(s, environ)]
         try:
             self._proxies = ProxySettings.from_environ(environ)
         except ConfigError as e:
             problems += e.problems
+        try:
+            self._upstream_tls = ssl.create_default_context(cafile=upstream_cafile)
+        except (OSError, ssl.SSLError) as e:
+            problems.append(f"upstream_cafile {upstream_cafile!r}: cannot load it ({e})")
         if problems:
             raise ConfigError(problems)
         self.config = config
@@ -104,7 +109,6 @@ class PolicyProxy:
         self.guest_env.update((var, GUEST_CA_BUNDLE) for var in CA_ENV_VARS)
         self._ca = CertAuthority(f"shuru sandbox CA {secrets_module.token_hex(4)}")
         self._bundle: bytes | None = None
-        self._upstream_tls = ssl.create_default_context(cafile=upstream_cafile)
         self._upstream_tls.set_alpn_protocols(["http/1.1"])
         self._connect_timeout = connect_timeout
         self._fake = FakeIPs()
