@@ -59,6 +59,28 @@ class _Value:
     __str__ = __repr__
 
 
+DENY, TUNNEL, INTERCEPT_TLS, INTERCEPT_HTTP = "deny", "tunnel", "intercept tls", "intercept http"
+# Where a secret's host is intercepted; its other ports are tunnelled like any host's.
+INTERCEPTED_PORTS = {443: INTERCEPT_TLS, 80: INTERCEPT_HTTP}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The policy's verdict on one connection. `mode` is DENY (with a `reason`), TUNNEL,
+    or INTERCEPT_TLS / INTERCEPT_HTTP (with the `secrets` that apply)."""
+
+    mode: str
+    host: str | None
+    ip: str
+    port: int
+    reason: str | None = None
+    secrets: tuple = ()
+
+    @property
+    def secret_names(self) -> list[str]:
+        return [v.name for v in self.secrets]
+
+
 @dataclass
 class _Counts:
     up: int = 0
@@ -199,32 +221,40 @@ class PolicyProxy:
         if sessions:
             await asyncio.wait(sessions)
 
-    async def _session(self, dst_ip: str, port: int, guest: GuestConn) -> None:
+    def decide(self, dst_ip: object, dst_port: object) -> Decision:
+        """What to do with a guest connection to `dst_ip`:`dst_port`. Pure: no I/O, no
+        audit event."""
         try:
             ip = str(ipaddress.ip_address(dst_ip))
         except (ValueError, TypeError):
             ip = str(dst_ip)[:64]
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-            return await self._deny(guest, None, ip, 0, "not a valid port")
-        host = self._fake.name(ip)
+        if isinstance(dst_port, bool) or not isinstance(dst_port, int) \
+                or not 0 < dst_port < 65536:
+            return Decision(DENY, None, ip, 0, reason="not a valid port")
+        port, host = dst_port, self._fake.name(ip)
         if self._closed:
-            return await self._deny(guest, host, ip, port, "the sandbox is stopping")
+            return Decision(DENY, host, ip, port, reason="the sandbox is stopping")
         if len(self._sessions) > MAX_CONNECTIONS:
-            return await self._deny(guest, host, ip, port,
-                                    f"more than {MAX_CONNECTIONS} connections are open")
+            return Decision(DENY, host, ip, port,
+                            reason=f"more than {MAX_CONNECTIONS} connections are open")
         if host is None:
-            return await self._deny(guest, None, ip, port,
-                                    "the address did not come from shuru's DNS "
-                                    "(connections to hard-coded IP addresses are refused)")
+            return Decision(DENY, None, ip, port,
+                            reason="the address did not come from shuru's DNS "
+                                   "(connections to hard-coded IP addresses are refused)")
         if not self.allowed(host):
-            return await self._deny(guest, host, ip, port,
-                                    "not in the sandbox's network allowlist")
-        values = self._secrets_for(host)
-        mode = "tunnel"
-        if values and port == 443:
-            mode = "intercept tls"
-        elif values and port == 80:
-            mode = "intercept http"
+            return Decision(DENY, host, ip, port,
+                            reason="not in the sandbox's network allowlist")
+        values = tuple(self._secrets_for(host))
+        if values and port in INTERCEPTED_PORTS:
+            return Decision(INTERCEPTED_PORTS[port], host, ip, port, secrets=values)
+        return Decision(TUNNEL, host, ip, port)
+
+    async def _session(self, dst_ip: object, dst_port: object, guest: GuestConn) -> None:
+        decision = self.decide(dst_ip, dst_port)
+        mode, host, ip, port, values = (decision.mode, decision.host, decision.ip,
+                                        decision.port, list(decision.secrets))
+        if mode == DENY:
+            return await self._deny(guest, host, ip, port, decision.reason)
         self._log.record("connect", host, ip, port, reason=mode)
         counts = _Counts()
         reason = None
@@ -232,13 +262,13 @@ class PolicyProxy:
         try:
             reader, writer = await dial(
                 host, port, resolve=self._resolve, proxies=self._proxies,
-                tls=self._upstream_tls if mode == "intercept tls" else None,
+                tls=self._upstream_tls if mode == INTERCEPT_TLS else None,
                 timeout=self._connect_timeout)
-            if mode == "tunnel":
+            if mode == TUNNEL:
                 await self._tunnel(guest, reader, writer, counts)
             else:
                 conn = guest
-                if mode == "intercept tls":
+                if mode == INTERCEPT_TLS:
                     conn = TLSGuestConn(guest, self._ca.server_context(
                         host, alpn=("http/1.1",)))
                     try:
