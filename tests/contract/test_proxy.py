@@ -30,16 +30,6 @@ ENVIRON = {"REAL_KEY": REAL}
 
 # ---- servers ----------------------------------------------------------------------------
 
-async def _echo(request: web.Request) -> web.Response:
-    body = await request.read()
-    return web.json_response({
-        "method": request.method, "path": request.path_qs,
-        "headers": [[k, v] for k, v in request.headers.items()],
-        "body": body.decode("latin-1"), "sha256": hashlib.sha256(body).hexdigest(),
-        "tls": request.secure,
-    })
-
-
 class Servers:
     """The upstream world: everything listens on 127.0.0.1, on ports the kernel picks."""
 
@@ -53,10 +43,20 @@ class Servers:
         self.connects: list[tuple[str, str | None]] = []  # (target, Proxy-Authorization)
         self.proxied: list[asyncio.Future] = []
         self.sni: list[str | None] = []  # server names TLS clients asked for
+        self.seen: list[dict] = []  # the requests the echo servers received
+
+    async def _echo(self, request: web.Request) -> web.Response:
+        """Records what arrived, and sends it back (as a reflecting API would)."""
+        body = await request.read()
+        seen = {"method": request.method, "path": request.path_qs,
+                "headers": {k.lower(): v for k, v in request.headers.items()},
+                "body": body.decode("latin-1"), "tls": request.secure}
+        self.seen.append(seen)
+        return web.json_response(seen)
 
     async def _site(self, ssl_context=None) -> int:
         app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", _echo)
+        app.router.add_route("*", "/{tail:.*}", self._echo)
         runner = web.AppRunner(app)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
@@ -227,12 +227,6 @@ async def read_response(reader) -> tuple[int, bytes, bytes]:
     return status, head, await reader.readexactly(length)
 
 
-def echoed(body: bytes) -> dict:
-    data = json.loads(body)
-    data["headers"] = {k.lower(): v for k, v in data["headers"]}
-    return data
-
-
 def events(proxy, kind):
     return [e for e in proxy.audit if e["event"] == kind]
 
@@ -322,8 +316,8 @@ async def test_placeholder_to_a_host_without_the_secret_goes_out_unchanged(proxy
     token = proxy.placeholders["KEY"]
     guest.writer.write(f"GET /?k={token} HTTP/1.1\r\nHost: other.test\r\nAuthorization: Bearer {token}\r\n"
                        f"Connection: close\r\n\r\n".encode())
-    _, _, body = await read_response(guest.reader)
-    seen = echoed(body)
+    await read_response(guest.reader)
+    seen = servers.seen[-1]
     assert seen["path"] == f"/?k={token}" and seen["headers"]["authorization"] == f"Bearer {token}"
     await guest.finish()
     assert not events(proxy, "inject")
@@ -348,10 +342,9 @@ async def test_intercepted_tls_injects_the_secret_in_every_request_on_a_connecti
         b"PUT /two HTTP/1.1\r\nHost: api.test\r\nTransfer-Encoding: chunked\r\nAuthorization: " +
         basic_credential("user", token) + b"\r\n\r\n" + chunked +
         b"GET /three HTTP/1.1\r\nHost: api.test\r\nX-Plain: no secret here\r\nConnection: close\r\n\r\n")
-    first = echoed((await read_response(guest.reader))[2])
-    second = echoed((await read_response(guest.reader))[2])
-    third = echoed((await read_response(guest.reader))[2])
+    replies = [(await read_response(guest.reader))[2] for _ in range(3)]
     await guest.finish()
+    first, second, third = servers.seen
 
     assert first["tls"] and first["path"] == f"/v1/x?key={REAL}"
     assert first["headers"]["authorization"] == f"Bearer {REAL}"
@@ -363,15 +356,20 @@ async def test_intercepted_tls_injects_the_secret_in_every_request_on_a_connecti
     assert [(e["host"], e["port"], e["secrets"]) for e in injects] == [("api.test", 443, ["KEY"])] * 2
     assert events(proxy, "connect")[-1]["reason"] == "intercept tls"
     assert servers.sni == ["api.test"]  # upstream TLS names the real host
+    # The echo reflected the real value; the guest sees it masked, framing intact.
+    assert all(REAL.encode() not in reply for reply in replies)
+    assert json.loads(replies[0])["headers"]["authorization"] == "Bearer " + "*" * len(REAL)
 
 
-async def test_plain_http_to_a_secret_host_is_rewritten_too(proxy):
+async def test_plain_http_to_a_secret_host_is_rewritten_too(proxy, servers):
     token = proxy.placeholders["KEY"]
     guest = await open_guest(proxy, "api.test", 80)
     guest.writer.write(f"GET /p?t={token} HTTP/1.1\r\nHost: api.test\r\nX-Key: {token}\r\n"
                        f"Connection: close\r\n\r\n".encode())
-    seen = echoed((await read_response(guest.reader))[2])
+    reply = (await read_response(guest.reader))[2]
     await guest.finish()
+    seen = servers.seen[-1]
+    assert REAL.encode() not in reply
     assert seen["path"] == f"/p?t={REAL}" and seen["headers"]["x-key"] == REAL and not seen["tls"]
     assert events(proxy, "inject")[-1]["port"] == 80
 
@@ -455,9 +453,9 @@ async def test_the_hosts_https_proxy_is_used_with_connect(servers):
     guest = await open_guest(proxy, "api.test", 443, tls=sandbox_trust(proxy))
     guest.writer.write(f"GET / HTTP/1.1\r\nHost: api.test\r\nX-Key: {proxy.placeholders['KEY']}\r\n"
                        f"Connection: close\r\n\r\n".encode())
-    seen = echoed((await read_response(guest.reader))[2])
+    await read_response(guest.reader)
     await guest.finish()
-    assert seen["headers"]["x-key"] == REAL
+    assert servers.seen[-1]["headers"]["x-key"] == REAL
     guest = await open_guest(proxy, "raw.test", servers.tcp_port)
     guest.writer.write_eof()
     assert (await guest.reader.read()).startswith(b"0 ")

@@ -8,6 +8,7 @@ through, and the settings it enforces.
     ca       — the per-sandbox CA and its leaf certificates
     http     — request heads (placeholder rewriting) and body framing
     conn     — GuestConn, and TLS terminated over one
+    scrub    — masking real values that an intercepted server reflects back
     upstream — the proxy's own outbound connections (resolve map, HTTPS_PROXY, NO_PROXY)
     audit    — the event log
     proxy    — PolicyProxy, which runs it all

@@ -27,6 +27,7 @@ from .ca import CertAuthority, host_trust_store
 from .config import NetworkConfig, Secret, config_problems
 from .conn import READ_SIZE, GuestConn, TLSGuestConn
 from .fakeip import FakeIPs
+from .scrub import Scrubber
 from .upstream import CONNECT_TIMEOUT, ProxySettings, UpstreamError, dial
 
 GUEST_CA_BUNDLE = "/etc/ssl/certs/shuru-ca-bundle.pem"
@@ -345,10 +346,15 @@ class PolicyProxy:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _downstream(self, conn: GuestConn, reader: asyncio.StreamReader,
-                          counts: _Counts) -> None:
+                          counts: _Counts, scrubber: Scrubber | None = None) -> None:
         while data := await reader.read(READ_SIZE):
             counts.down += len(data)
-            await conn.send(data)
+            if scrubber is not None:
+                data = scrubber.feed(data)
+            if data:
+                await conn.send(data)
+        if scrubber is not None and (tail := scrubber.flush()):
+            await conn.send(tail)
         await conn.send_eof()
 
     async def _tunnel(self, guest: GuestConn, reader, writer, counts: _Counts) -> None:
@@ -417,4 +423,6 @@ class PolicyProxy:
                     await writer.drain()
                 await writer.drain()
 
-        await self._both(upstream(), self._downstream(conn, reader, counts))
+        # A server that reflects the request must not hand the guest the real value.
+        scrubber = Scrubber(v.raw for v in values)
+        await self._both(upstream(), self._downstream(conn, reader, counts, scrubber))
