@@ -361,6 +361,18 @@ async def test_intercepted_tls_injects_the_secret_in_every_request_on_a_connecti
     assert json.loads(replies[0])["headers"]["authorization"] == "Bearer " + "*" * len(REAL)
 
 
+async def test_a_tls_1_2_guest_is_intercepted_too(proxy, servers):
+    trust = sandbox_trust(proxy)
+    trust.maximum_version = ssl.TLSVersion.TLSv1_2
+    guest = await open_guest(proxy, "api.test", 443, tls=trust)
+    assert guest.writer.get_extra_info("ssl_object").version() == "TLSv1.2"
+    guest.writer.write(f"GET / HTTP/1.1\r\nHost: api.test\r\nX-Key: {proxy.placeholders['KEY']}\r\n"
+                       f"Connection: close\r\n\r\n".encode())
+    await read_response(guest.reader)
+    await guest.finish()
+    assert servers.seen[-1]["headers"]["x-key"] == REAL
+
+
 async def test_plain_http_to_a_secret_host_is_rewritten_too(proxy, servers):
     token = proxy.placeholders["KEY"]
     guest = await open_guest(proxy, "api.test", 80)

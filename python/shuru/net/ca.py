@@ -101,6 +101,8 @@ class CertAuthority:
         cert_pem, key_pem = self.issue(host)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
+        # A TLS 1.2 renegotiation would make a write wait for a read; nothing needs it.
+        context.options |= ssl.OP_NO_RENEGOTIATION
         if alpn:
             context.set_alpn_protocols(list(alpn))
         # The ssl module loads a certificate chain only from a file; the file lives for
