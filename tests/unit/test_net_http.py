@@ -148,3 +148,15 @@ def test_requests_addressed_elsewhere_are_refused(raw, status):
     with pytest.raises(http.HTTPError) as e:
         http.check_authority(head(raw), "api.x.io")
     assert e.value.status == status
+
+
+def test_head_end_resumes_where_it_stopped_even_across_the_terminator():
+    raw = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nBODY"
+    buffer, scanned, end = bytearray(), 0, -1
+    for byte in raw:
+        buffer.append(byte)
+        end = http.head_end(buffer, scanned - 3)
+        if end >= 0:
+            break
+        scanned = len(buffer)  # as the proxy does: the length before the next read
+    assert end == len(raw) - 4
