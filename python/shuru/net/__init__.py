@@ -9,6 +9,7 @@ through, and the settings it enforces.
     http     — request heads (placeholder rewriting) and body framing
     conn     — GuestConn, and TLS terminated over one
     scrub    — masking real values that an intercepted server reflects back
+    relay    — moving bytes once a connection is decided: tunnel, or intercepted HTTP
     upstream — the proxy's own outbound connections (resolve map, HTTPS_PROXY, NO_PROXY)
     audit    — the event log
     proxy    — PolicyProxy, which runs it all

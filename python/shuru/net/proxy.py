@@ -1,9 +1,10 @@
 """The policy proxy: one per sandbox, where every guest DNS query and TCP connection ends.
 
-It owns the decisions (allowed or denied, tunnel or intercept) and runs each connection:
-denied ones are refused at once with a reason; hosts a secret applies to are intercepted
-(TLS terminated with the sandbox CA on 443, plain HTTP on 80) so placeholders in request
-heads become real values; every other allowed host is tunnelled byte for byte. Real values
+It owns the decisions (allowed or denied, tunnel or intercept; `decide` is pure) and runs
+each connection: denied ones are refused at once with a reason; hosts a secret applies to
+are intercepted (TLS terminated with the sandbox CA on 443, plain HTTP on 80) so
+placeholders in request heads become real values; every other allowed host is tunnelled
+byte for byte (relay.py moves the bytes). Real values
 are read from the host environment once, here, and live only in this object, out of every
 repr, log line and error message.
 """
@@ -21,13 +22,12 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from ..errors import ConfigError, ShuruError
-from . import dns, http, names
+from . import dns, http, names, relay
 from .audit import AuditLog
 from .ca import CertAuthority, host_trust_store
 from .config import NetworkConfig, Secret, config_problems
-from .conn import READ_SIZE, GuestConn, TLSGuestConn
+from .conn import GuestConn, TLSGuestConn
 from .fakeip import FakeIPs
-from .scrub import Scrubber
 from .upstream import CONNECT_TIMEOUT, ProxySettings, UpstreamError, dial
 
 GUEST_CA_BUNDLE = "/etc/ssl/certs/shuru-ca-bundle.pem"
@@ -80,12 +80,6 @@ class Decision:
     @property
     def secret_names(self) -> list[str]:
         return [v.name for v in self.secrets]
-
-
-@dataclass
-class _Counts:
-    up: int = 0
-    down: int = 0
 
 
 def _value_problems(secret: Secret, environ: Mapping[str, str]) -> list[str]:
@@ -257,7 +251,7 @@ class PolicyProxy:
         if mode == DENY:
             return await self._deny(guest, host, ip, port, decision.reason)
         self._log.record("connect", host, ip, port, reason=mode)
-        counts = _Counts()
+        counts = relay.Counts()
         reason = None
         writer = None
         try:
@@ -266,7 +260,7 @@ class PolicyProxy:
                 tls=self._upstream_tls if mode == INTERCEPT_TLS else None,
                 timeout=self._connect_timeout)
             if mode == TUNNEL:
-                await self._tunnel(guest, reader, writer, counts)
+                await relay.tunnel(guest, reader, writer, counts)
             else:
                 conn = guest
                 if mode == INTERCEPT_TLS:
@@ -279,7 +273,13 @@ class PolicyProxy:
                         reason = (f"TLS with the guest failed ({detail}); its client must "
                                   f"trust the sandbox CA")
                         return
-                await self._intercept(conn, reader, writer, (host, ip, port), values, counts)
+                await relay.intercept(
+                    conn, reader, writer, host=host, counts=counts,
+                    replacements={v.placeholder.encode(): v.raw for v in values},
+                    on_inject=lambda used: self._log.record(
+                        "inject", host, ip, port,
+                        secrets=sorted(v.name for v in values
+                                       if v.placeholder.encode() in used)))
         except UpstreamError as e:
             reason = e.message
             if port == 80:
@@ -325,104 +325,3 @@ class PolicyProxy:
         seen = 0
         while seen < DENY_DRAIN_BYTES and (data := await conn.recv()):
             seen += len(data)
-
-    # ---- the two ways an allowed connection runs ---------------------------------------
-
-    @staticmethod
-    async def _both(*coroutines) -> None:
-        """Run both directions; the first failure ends the connection."""
-        tasks = [asyncio.ensure_future(c) for c in coroutines]
-        try:
-            pending = set(tasks)
-            while pending:
-                done, pending = await asyncio.wait(pending,
-                                                   return_when=asyncio.FIRST_EXCEPTION)
-                for task in done:
-                    if task.exception() is not None:
-                        raise task.exception()
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def _downstream(self, conn: GuestConn, reader: asyncio.StreamReader,
-                          counts: _Counts, scrubber: Scrubber | None = None) -> None:
-        while data := await reader.read(READ_SIZE):
-            counts.down += len(data)
-            if scrubber is not None:
-                data = scrubber.feed(data)
-            if data:
-                await conn.send(data)
-        if scrubber is not None and (tail := scrubber.flush()):
-            await conn.send(tail)
-        await conn.send_eof()
-
-    async def _tunnel(self, guest: GuestConn, reader, writer, counts: _Counts) -> None:
-        async def upstream():
-            while data := await guest.recv():
-                counts.up += len(data)
-                writer.write(data)
-                await writer.drain()
-            if writer.can_write_eof():
-                writer.write_eof()
-
-        await self._both(upstream(), self._downstream(guest, reader, counts))
-
-    async def _intercept(self, conn: GuestConn, reader, writer, where: tuple,
-                         values: list[_Value], counts: _Counts) -> None:
-        replacements = {v.placeholder.encode(): v.raw for v in values}
-        by_placeholder = {v.placeholder.encode(): v.name for v in values}
-
-        def half_close():
-            if writer.can_write_eof():  # TLS upstream cannot; the guest's EOF ends it there
-                writer.write_eof()
-
-        async def upstream():
-            buffer = bytearray()
-            requests = 0
-            while True:
-                scanned = 0
-                try:
-                    while (end := http.head_end(buffer, scanned - 3)) < 0:
-                        scanned = len(buffer)
-                        data = await conn.recv()
-                        if not data:
-                            return half_close()
-                        buffer += data
-                    raw = bytes(buffer[:end])
-                    head = http.parse_head(raw)
-                    http.check_authority(head, where[0])
-                    framer = (http.RestFramer() if http.is_upgrade(head)
-                              else http.body_framer(head))
-                except http.HTTPError as e:
-                    if requests == 0:
-                        await conn.send(http.simple_response(e.status, f"shuru: {e.message}\n"))
-                        await conn.send_eof()
-                    raise
-                del buffer[:end]
-                requests += 1
-                head, used = http.rewrite_head(head, replacements)
-                if used:
-                    self._log.record("inject", *where,
-                                     secrets=sorted(by_placeholder[p] for p in used))
-                # Untouched heads go out as they came, spacing and all.
-                out = head.encode() if used else raw
-                counts.up += len(out)
-                writer.write(out)
-                while not framer.done:
-                    if not buffer:
-                        data = await conn.recv()
-                        if not data:  # the guest ended mid-body; upstream decides
-                            await writer.drain()
-                            return half_close()
-                        buffer += data
-                    n = framer.feed(buffer)
-                    counts.up += n
-                    writer.write(bytes(buffer[:n]))
-                    del buffer[:n]
-                    await writer.drain()
-                await writer.drain()
-
-        # A server that reflects the request must not hand the guest the real value.
-        scrubber = Scrubber(v.raw for v in values)
-        await self._both(upstream(), self._downstream(conn, reader, counts, scrubber))
