@@ -168,6 +168,10 @@ def checkpoint_create(
     force: bool = typer.Option(False, "--force", help="Replace a checkpoint of that name"),
     config: Optional[str] = typer.Option(None, "--config", help="Config file"),
     env: List[str] = typer.Option([], "-e", "--env", help="KEY=VALUE for the command"),
+    allow_net: Optional[bool] = typer.Option(None, "--allow-net", help="Network for the command"),
+    allow_host: List[str] = typer.Option([], "--allow-host",
+                                         help="Allow this host (repeatable; implies --allow-net)"),
+    secret: List[str] = typer.Option([], "--secret", help="NAME=HOST_ENV_VAR@host1,host2"),
 ):
     """Boot a sandbox, run a command in it, and save its disk as a checkpoint."""
     from . import checkpoints, terminal
@@ -182,6 +186,8 @@ def checkpoint_create(
     if from_:
         checkpoints.load(from_)  # fail before booting if it is missing or damaged
     flags = cli_layer(from_=from_, env=cfg.parse_env_pairs(env) if env else None)
+    if allow_net is not None or allow_host or secret:
+        flags.update(cli_layer(**network_flags(allow_net, allow_host, secret)))
     resolved = resolve_config(flags, cfg.find_config_file(config, Path.cwd()))
 
     async def go() -> int:
