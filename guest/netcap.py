@@ -23,6 +23,7 @@ import errno
 import selectors
 import socket
 import struct
+import sys
 
 from . import netsetup, wire
 
@@ -132,7 +133,18 @@ class Capture:
         return want
 
     def service(self, fd: int, events: int) -> bool:
-        """Handle a ready fd if it is one of ours; False if it is not."""
+        """Handle a ready fd if it is one of ours; False if it is not. This runs in PID 1:
+        whatever goes wrong with one connection ends that connection, never the agent."""
+        try:
+            return self._service(fd, events)
+        except Exception as e:
+            print("shuru-agent: network capture:", repr(e), file=sys.stderr, flush=True)
+            conn = self.conn_by_fd.get(fd)
+            if conn is not None:
+                self._reset_by_guest(conn)
+            return True
+
+    def _service(self, fd: int, events: int) -> bool:
         if self.listener is not None and fd == self.listener.fileno():
             self._accept()
         elif self.udp is not None and fd == self.udp.fileno():
@@ -204,8 +216,12 @@ class Capture:
             if len(self.conns) >= MAX_CONNS:
                 _reset(sock)
                 continue
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                sock.close()  # reset before we got to it
+                continue
             conn = Conn(self._new_stream(), sock)
             self.conns[conn.stream] = conn
             self.conn_by_fd[conn.fd] = conn
