@@ -24,10 +24,12 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from shuru import AsyncSandbox
+from shuru import AsyncSandbox, Sandbox
 from shuru import checkpoints as ck
 from shuru.net import GUEST_CA_BUNDLE
 from shuru.net.ca import CertAuthority, host_trust_store
+
+from .conftest import SHURU
 
 pytestmark = [pytest.mark.usefixtures("image"), pytest.mark.asyncio(loop_scope="module")]
 
@@ -408,6 +410,44 @@ async def test_enabling_again_is_harmless(sb):
     await sb._net.attach(sb._channel, sb.files)
     out = await guest(sb, op="http", scheme="http", host="echo.test", port=80, path="/again")
     assert out["status"] == 200
+
+
+# ---- the other ways in: the sync SDK and the CLI ------------------------------------------
+
+async def test_sync_sandbox_has_the_same_network(servers):
+    def scenario():  # blocking, on a thread: the echo servers keep running on this loop
+        with Sandbox.start(allow_net=True, network={"allow": ["echo.test"],
+                                                    "resolve": servers.resolve()}) as sb:
+            op = {"op": "http", "scheme": "http", "host": "echo.test", "port": 80,
+                  "path": "/sync"}
+            sb.files.write("/root/client.py", CLIENT)
+            r = sb.exec(["python3", "/root/client.py", json.dumps(op)])
+            return json.loads(r.stdout), sb.network_log()
+
+    out, log = await asyncio.to_thread(scenario)
+    assert json.loads(out["body"])["path"] == "/sync"
+    assert [e["event"] for e in log if e["host"] == "echo.test"][:2] == ["dns", "connect"]
+
+
+async def test_cli_allow_host_secret_and_verbose_log(servers, tmp_path):
+    (tmp_path / "shuru.json").write_text(json.dumps({"network": {"resolve": servers.resolve()}}))
+    script = ("import json, os, urllib.request; print(os.environ['API_TOKEN']); "
+              "r = urllib.request.Request('http://api.test/cli', "
+              "headers={'X-Key': os.environ['API_TOKEN']}); "
+              "print(json.loads(urllib.request.urlopen(r).read())['headers']['X-Key'])")
+    proc = await asyncio.create_subprocess_exec(
+        SHURU, "run", "--allow-host", "api.test", "--secret", f"API_TOKEN={TOKEN_VAR}@api.test",
+        "--verbose", "--", "python3", "-c", script, cwd=tmp_path,
+        env={**os.environ, TOKEN_VAR: TOKEN}, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), 300)
+    assert proc.returncode == 0, stderr.decode()
+    placeholder, sent = stdout.decode().split()
+    assert placeholder.startswith("shuru_tok_") and sent == "<REAL>"
+    lines = [line for line in stderr.decode().splitlines() if line.startswith("shuru: net: ")]
+    assert any(line.startswith("shuru: net: inject  api.test:80") and "secrets API_TOKEN" in line
+               for line in lines), lines
+    assert TOKEN not in stdout.decode() + stderr.decode()
 
 
 # ---- the real registries --------------------------------------------------------------------
