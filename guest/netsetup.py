@@ -4,8 +4,8 @@ the nftables rules, the resolver and the trust store.
 The VM never has a network device. With allow_net, programs still need somewhere to send
 packets, so `dummy0` gets an address and the default route (a dummy interface drops whatever
 reaches it), and nftables, in the output path, turns every outgoing TCP connection into one to
-the agent's own listener (`redirect`), sends DNS to the agent's resolver, and rejects the rest
-at once, so nothing waits on a silent drop. Loopback is left alone.
+the agent's own listener (`redirect`), sends DNS (to any server, UDP or TCP) to the agent's
+resolver, and rejects the rest at once, so nothing waits on a silent drop. Loopback is left alone.
 
 Everything here is idempotent and depends on nothing from boot (no kernel command line, no
 early unit): the host asks for it after each handshake, and a VM restored from a memory
@@ -37,6 +37,7 @@ table ip shuru {{
         type nat hook output priority -100; policy accept;
         oifname "lo" return
         ip daddr 127.0.0.0/8 return
+        tcp dport 53 dnat to {DNS_ADDR}:53
         meta l4proto tcp redirect to :{CAPTURE_PORT}
         udp dport 53 dnat to {DNS_ADDR}:53
     }}

@@ -327,6 +327,8 @@ async def test_dns_to_any_server_and_over_tcp_goes_to_the_policy(sb):
     assert out["rcode"] == 0 and out["ips"], out
     out = await guest(sb, op="dns_tcp", server="127.0.0.53", name="api.test")
     assert out["rcode"] == 0 and out["ips"], out
+    out = await guest(sb, op="dns_tcp", server="9.9.9.9", name="api.test")
+    assert out["rcode"] == 0 and out["ips"], out
     out = await guest(sb, op="dns_tcp", server="127.0.0.53", name="blocked.test")
     assert out["rcode"] != 0 and not out["ips"], out
 
