@@ -24,7 +24,7 @@ import sys
 import termios
 import time
 
-from . import fsops, wire
+from . import fsops, netcap, wire
 
 AGENT_VERSION = "0.1.0"
 # After a process exits, its output pipes may stay open because a background child inherited
@@ -123,6 +123,7 @@ class Agent:
         self.readers: dict[int, FileReader] = {}
         self.writers: dict[int, FileWriter] = {}
         self.watchers: dict[int, object] = {}
+        self.net = netcap.Capture(self.send, self.forget_fd)  # idle until the host enables it
         self.connected = False
         self.running = True
         self.shutdown_requested = False
@@ -238,6 +239,10 @@ class Agent:
             self.start_exec(s, msg)
         elif t in ("fs", "read", "write", "watch"):
             self.start_file_op(t, s, msg)
+        elif t == "net":
+            self.start_net(s, msg)
+        elif self.net.owns(s):
+            self.net.message(t, s, msg)
         elif s in self.readers or s in self.writers or s in self.watchers:
             self.file_stream_message(t, s, msg)
         else:
@@ -279,6 +284,7 @@ class Agent:
                 pass
         self.groups.clear()
         self.procs.clear()
+        self.net.shutdown()
 
     def resume(self, msg: dict) -> None:
         """A restored clone's first frame: make this machine unique (RNG, clock), then greet
@@ -315,6 +321,19 @@ class Agent:
         self.by_pid[proc.pid] = proc
         self.groups.add(proc.pid)
         self.send("started", s, pid=proc.pid)
+
+    def start_net(self, s: int, msg: dict) -> None:
+        """Turn on network capture (see netcap); answered by `result` once it is in place."""
+        if os.getpid() != 1:
+            # As a host subprocess (contract tests) this would rewire the host's own network.
+            self.send("error", s, code="ENOTSUP", message="network capture runs only as the VM's PID 1")
+            return
+        try:
+            self.net.enable(msg.get("ca_bundle"))
+        except (netcap.netsetup.SetupError, OSError) as e:
+            self.send("error", s, code="ENET", message=f"cannot enable the network: {e}")
+            return
+        self.send("result", s, value=None)
 
     # ---- files -------------------------------------------------------------------------
 
@@ -540,6 +559,7 @@ class Agent:
             if not backed_up:
                 for watcher in self.watchers.values():
                     want[watcher.fd] = selectors.EVENT_READ
+            want.update(self.net.interest(backed_up))
         return want
 
     def update_registrations(self) -> None:
@@ -599,6 +619,8 @@ class Agent:
             self.flush()
 
     def service_fd(self, fd: int, events: int) -> None:
+        if self.net.service(fd, events):
+            return
         for s, watcher in list(self.watchers.items()):
             if watcher.fd == fd:
                 self.service_watch(s)

@@ -67,6 +67,12 @@ SCHEMA: dict[str, dict[str, object]] = {
     "watch": {"path": _STR, "recursive?": _BOOL},
     "event": {"kind": _STR, "path": _STR, "dest?": _STR, "is_dir?": _BOOL},
     "cancel": {},
+    # network (allow_net): the host enables capture; the guest opens one even stream per
+    # captured TCP connection or DNS query
+    "net": {"ca_bundle?": (_STR, _NONE)},
+    "connect": {"ip": _STR, "port": _INT},
+    "dns": {"d": _BIN},
+    "close": {},
 }
 
 _UNPACK_LIMITS = dict(

@@ -6,6 +6,11 @@ that decodes and validates every guest frame (`shuru_guest.wire`), routes messag
 `Stream`s by id, and enforces flow control both ways: the host never sends more stdin than
 the guest granted, and a guest that sends more output than the host granted is cut off as a
 protocol violation. A guest is untrusted; nothing it sends may crash or exhaust the host.
+
+With networking on (`accept_guest_streams`), the guest may open streams of its own (even
+ids): one per captured TCP connection (`connect`) or DNS query (`dns`). Those become
+`GuestStream`s, at most MAX_GUEST_STREAMS at a time, whose bytes are kept in one buffer the
+window bounds; without networking, or beyond the bound, the host answers `close`.
 """
 
 from __future__ import annotations
@@ -19,6 +24,10 @@ from shuru_guest import wire
 from .errors import ProtocolError, SandboxDiedError
 
 _CLOSED = {"t": "_closed", "s": -1}
+MAX_GUEST_STREAMS = 256
+# Refusals are written without waiting for the guest to read them; a guest that keeps
+# opening streams without reading its channel is cut off before this much piles up.
+_MAX_UNREAD = 4 * 1024 * 1024
 
 
 class Stream:
@@ -87,6 +96,119 @@ class Stream:
         self.closed = True
         self.channel.streams.pop(self.id, None)
 
+    def _wake(self) -> None:
+        """The channel failed: every waiter must see it."""
+        self.inbox.put_nowait(_CLOSED)
+        self._credit_changed.set()
+
+
+class GuestStream(Stream):
+    """A stream the guest opened: a captured TCP connection or one DNS query (`first` is the
+    message that opened it). Bytes from the guest (fd 1) collect in one buffer that its
+    window bounds; `eof` and `close` only set flags, so no run of guest frames can grow host
+    memory. Bytes to the guest go on fd 0 within the credit it grants."""
+
+    def __init__(self, channel: "Channel", stream_id: int, first: dict):
+        super().__init__(channel, stream_id)
+        self.first = first
+        self._buf = bytearray()
+        self._outstanding = 0  # received and not yet granted back
+        self.eof = False  # the guest program will send no more
+        self.reset = False  # the guest ended the stream (`close`)
+        self._eof_sent = False
+        self._readable = asyncio.Event()
+
+    def _deliver(self, msg: dict) -> None:
+        t = msg["t"]
+        if t == "data" and msg["fd"] == 1:
+            if self.eof or self.reset:
+                return
+            self._outstanding += len(msg["d"])
+            if self._outstanding > wire.WINDOW:
+                raise ProtocolError(
+                    f"guest sent {self._outstanding} bytes on stream {self.id}, "
+                    f"beyond the {wire.WINDOW}-byte window it was granted")
+            self._buf += msg["d"]
+        elif t == "eof" and msg["fd"] == 1:
+            self.eof = True
+        elif t in ("close", "error"):
+            self.reset = True
+            self._credit_changed.set()
+        elif t == "credit" and msg["fd"] == 0:
+            self._send_credit[0] = min(self._send_credit[0] + max(0, msg["n"]), 2**40)
+            self._credit_changed.set()
+            return
+        else:
+            return  # nothing else belongs on such a stream; ignore rather than trust
+        self._readable.set()
+
+    def _wake(self) -> None:
+        super()._wake()
+        self._readable.set()
+
+    async def read(self) -> bytes:
+        """The next bytes from the guest; b"" once it sent eof, reset, or the VM is gone."""
+        while not self._buf:
+            if self.eof or self.reset or self.closed or not self.channel.is_open:
+                return b""
+            self._readable.clear()
+            await self._readable.wait()
+        data = bytes(self._buf)
+        self._buf.clear()
+        self._unacked[1] = self._unacked.get(1, 0) + len(data)
+        if self._unacked[1] >= wire.WINDOW // 4 and not (self.closed or self.reset):
+            grant, self._unacked[1] = self._unacked[1], 0
+            self._outstanding -= grant
+            with contextlib.suppress(SandboxDiedError, ProtocolError):
+                await self.send("credit", fd=1, n=grant)
+        return data
+
+    def _check_writable(self) -> None:
+        if self.reset or self.closed:
+            raise ConnectionResetError(f"the guest closed connection stream {self.id}")
+        if not self.channel.is_open:
+            raise ConnectionResetError("the sandbox's agent channel is closed")
+
+    async def write(self, data: bytes) -> None:
+        """Send bytes to the guest program within the credit the guest grants."""
+        view = memoryview(data)
+        while view:
+            while self._send_credit[0] <= 0:
+                self._check_writable()
+                self._credit_changed.clear()
+                await self._credit_changed.wait()
+            self._check_writable()
+            n = min(len(view), wire.CHUNK, self._send_credit[0])
+            self._send_credit[0] -= n
+            await self._send_guarded("data", fd=0, d=bytes(view[:n]))
+            view = view[n:]
+
+    async def write_eof(self) -> None:
+        if not self._eof_sent and not (self.reset or self.closed):
+            self._eof_sent = True
+            await self._send_guarded("eof", fd=0)
+
+    async def _send_guarded(self, t: str, **fields) -> None:
+        try:
+            await self.send(t, **fields)
+        except (SandboxDiedError, ProtocolError) as e:
+            raise ConnectionResetError(str(e)) from None
+
+    async def finish(self) -> None:
+        """End the stream (idempotent): the guest closes the program's socket, gracefully
+        after our eof, with a reset before it."""
+        if self.closed:
+            return
+        self.close()
+        if not self.reset:
+            with contextlib.suppress(SandboxDiedError, ProtocolError):
+                await self.send("close")
+
+    def close(self) -> None:
+        if not self.closed:
+            self.channel._guest_open -= 1
+        super().close()
+
 
 class Channel:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
@@ -104,6 +226,9 @@ class Channel:
         self._write_lock = asyncio.Lock()
         self._describe_death = describe_death or (lambda: "")
         self.guest_hello: dict = {}
+        self._on_guest_stream = None  # set by accept_guest_streams (networking on)
+        self._guest_last = 0  # highest guest stream id seen: ids are never reused
+        self._guest_open = 0
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -174,13 +299,35 @@ class Channel:
         stream = self.streams.get(s)
         if stream is not None:
             stream._deliver(msg)
+        elif s % 2 == 0 and s > self._guest_last and t in ("connect", "dns"):
+            self._open_guest_stream(msg)
+        # anything else is late (its stream ended) or bogus: dropped
+
+    def accept_guest_streams(self, handler) -> None:
+        """From now on, streams the guest opens go to `handler(GuestStream)`, which must not
+        block (it starts a task). Until this is called, every one is refused."""
+        self._on_guest_stream = handler
+
+    def _open_guest_stream(self, msg: dict) -> None:
+        s = msg["s"]
+        self._guest_last = s
+        if self._on_guest_stream is None or self._guest_open >= MAX_GUEST_STREAMS:
+            # Networking is off, or the guest has too many open: it resets the connection.
+            if self.writer.transport.get_write_buffer_size() > _MAX_UNREAD:
+                raise ProtocolError("the guest keeps opening streams without reading the "
+                                    "host's answers")
+            self.writer.write(wire.message("close", s))
+            return
+        stream = GuestStream(self, s, msg)
+        self.streams[s] = stream
+        self._guest_open += 1
+        self._on_guest_stream(stream)
 
     def _fail(self, error: BaseException) -> None:
         if self._error is None:
             self._error = error
         for stream in list(self.streams.values()):
-            stream.inbox.put_nowait(_CLOSED)
-            stream._credit_changed.set()
+            stream._wake()
         for fut in list(self._pings.values()):
             if not fut.done():
                 fut.set_exception(self.closed_error())

@@ -67,6 +67,46 @@ def cli_layer(**flags) -> dict:
     return cfg.validate(given, label=lambda name: FLAG_NAMES.get(name, name))
 
 
+def network_flags(allow_net: bool | None, allow_hosts: list[str], secrets: list[str]) -> dict:
+    """--allow-net, --allow-host (implies --allow-net) and --secret as config fields,
+    every malformed value reported with its flag."""
+    from .net import network_problems, parse_secret_flag
+
+    out: dict = {}
+    problems: list[str] = []
+    if allow_hosts:
+        for host in allow_hosts:
+            problems += [f"--allow-host {host!r}: " + p.split(": ", 1)[-1]
+                         for p in network_problems({"allow": [host]}, None)]
+        out["network"] = {"allow": list(allow_hosts)}
+        allow_net = True if allow_net is None else allow_net
+    if secrets:
+        parsed = {}
+        for text in secrets:
+            try:
+                secret = parse_secret_flag(text)
+            except ConfigError as e:
+                problems += e.problems
+                continue
+            if secret.name in parsed:
+                problems.append(f"--secret {secret.name} is given more than once")
+            parsed[secret.name] = {"from": secret.from_env, "hosts": list(secret.hosts)}
+        out["secrets"] = parsed
+    if allow_net is not None:
+        out["allow_net"] = allow_net
+    if problems:
+        raise ConfigError(problems)
+    return out
+
+
+def print_network_log(sandbox) -> None:
+    """--verbose: the sandbox's network audit log on stderr, one event a line."""
+    from .guestnet import format_event
+
+    for event in sandbox.network_log():
+        print(f"shuru: net: {format_event(event)}", file=sys.stderr)
+
+
 @app.command(context_settings={"allow_interspersed_args": False})
 @handle_errors
 def run(
@@ -88,6 +128,16 @@ def run(
     from_: Optional[str] = typer.Option(None, "--from", help="Start from this checkpoint"),
     cold: Optional[bool] = typer.Option(None, "--cold",
                                         help="Boot instead of restoring saved machine state"),
+    allow_net: Optional[bool] = typer.Option(
+        None, "--allow-net", help="Give the sandbox network access through shuru's proxy "
+                                  "(all hosts unless --allow-host or network.allow limit it)"),
+    allow_host: List[str] = typer.Option(
+        [], "--allow-host", help="Allow this host (exact, or *.example.com for subdomains); "
+                                 "repeatable; implies --allow-net"),
+    secret: List[str] = typer.Option(
+        [], "--secret", help="NAME=HOST_ENV_VAR@host1,host2: the guest sees a placeholder in "
+                             "$NAME; the proxy sends the real value to those hosts only"),
+    verbose: bool = typer.Option(False, "--verbose", help="Print the network log at exit"),
 ):
     """Start a fresh sandbox and run a command in it (default: an interactive shell)."""
     from .sandbox import resolve_config
@@ -98,9 +148,12 @@ def run(
                       kernel=kernel, rootfs=rootfs, initrd=initrd, accel=accel,
                       workdir=workdir, env=env_pairs, from_=from_, cold=cold,
                       command=list(command) if command else None)
+    if allow_net is not None or allow_host or secret:
+        flags.update(cli_layer(**network_flags(allow_net, allow_host, secret)))
     config_file = cfg.find_config_file(config, Path.cwd())
     resolved = resolve_config(flags, config_file)
-    code = asyncio.run(terminal.run_command(resolved))
+    on_exit = print_network_log if verbose else None
+    code = asyncio.run(terminal.run_command(resolved, on_exit=on_exit))
     raise typer.Exit(code)
 
 
@@ -117,6 +170,10 @@ def checkpoint_create(
     force: bool = typer.Option(False, "--force", help="Replace a checkpoint of that name"),
     config: Optional[str] = typer.Option(None, "--config", help="Config file"),
     env: List[str] = typer.Option([], "-e", "--env", help="KEY=VALUE for the command"),
+    allow_net: Optional[bool] = typer.Option(None, "--allow-net", help="Network for the command"),
+    allow_host: List[str] = typer.Option([], "--allow-host",
+                                         help="Allow this host (repeatable; implies --allow-net)"),
+    secret: List[str] = typer.Option([], "--secret", help="NAME=HOST_ENV_VAR@host1,host2"),
 ):
     """Boot a sandbox, run a command in it, and save its disk as a checkpoint."""
     from . import checkpoints, terminal
@@ -131,6 +188,8 @@ def checkpoint_create(
     if from_:
         checkpoints.load(from_)  # fail before booting if it is missing or damaged
     flags = cli_layer(from_=from_, env=cfg.parse_env_pairs(env) if env else None)
+    if allow_net is not None or allow_host or secret:
+        flags.update(cli_layer(**network_flags(allow_net, allow_host, secret)))
     resolved = resolve_config(flags, cfg.find_config_file(config, Path.cwd()))
 
     async def go() -> int:

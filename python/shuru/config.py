@@ -4,6 +4,12 @@ Pure functions over plain dicts, so every rule is unit-testable without a VM. Th
 (`shuru.json`, `shuru.yaml` or `shuru.yml`), the CLI flags and the SDK's keyword arguments
 share one set of field names (`FIELDS`). Validation collects every problem before raising,
 so a user fixes a config file in one pass.
+
+Networking is three fields: `allow_net` (the one switch; off by default), `network`
+({allow, resolve}) and `secrets` ({NAME: {from, hosts}}). The last two are checked by the
+policy proxy's own rules (`shuru.net.network_problems`), and giving either without
+`allow_net` is an error: an allowlist in a config file must never be what turns the
+network on by surprise.
 """
 
 from __future__ import annotations
@@ -39,6 +45,9 @@ class SandboxConfig:
     console: bool = False
     from_: str | None = None  # a checkpoint to start from ("from" in config files)
     cold: bool = False  # boot even when a saved machine state could be restored
+    allow_net: bool = False
+    network: Mapping[str, Any] = field(default_factory=dict)  # {allow: [...], resolve: {...}}
+    secrets: Mapping[str, Any] = field(default_factory=dict)  # {NAME: {from, hosts}}
 
     def with_(self, **changes) -> "SandboxConfig":
         return replace(self, **changes)
@@ -109,6 +118,24 @@ def _bool(name: str, value: Any) -> str | None:
     return None if isinstance(value, bool) else f"{name} must be true or false, got {_show(value)}"
 
 
+def _network(name: str, value: Any) -> list[str]:
+    from .net import network_problems  # the proxy's rules; imported only when used
+
+    return _relabel(network_problems(value, None), "network", name)
+
+
+def _secrets(name: str, value: Any) -> list[str]:
+    from .net import network_problems
+
+    return _relabel(network_problems(None, value), "secrets", name)
+
+
+def _relabel(problems: list[str], field_name: str, label: str) -> list[str]:
+    if label == field_name:
+        return problems
+    return [label + p[len(field_name):] if p.startswith(field_name) else p for p in problems]
+
+
 CHECKS = {
     "cpus": _int_range(1, 64),
     "memory": _int_range(128, 1024 * 1024, "MiB"),
@@ -124,6 +151,9 @@ CHECKS = {
     "cold": _bool,
     "from_": lambda name, value: (None if isinstance(value, str) and value else
                                   f"{name} must be a checkpoint name, got {_show(value)}"),
+    "allow_net": _bool,
+    "network": _network,
+    "secrets": _secrets,
 }
 # Config files and flags say `from`; Python cannot use it as a keyword argument.
 ALIASES = {"from": "from_"}
@@ -151,12 +181,16 @@ def validate(values: Mapping[str, Any], *, source: str | None = None,
             continue
         problem = CHECKS[name](label(FILE_NAMES[name]), value)
         if problem:
-            problems.append(problem)
+            problems += problem if isinstance(problem, list) else [problem]
             continue
         if name == "command":
             value = ("/bin/sh", "-c", value) if isinstance(value, str) else tuple(value)
         elif name == "env":
             value = {k: str(v) for k, v in value.items()}
+        elif name == "network":
+            value = {k: (list(v) if k == "allow" else dict(v)) for k, v in value.items()}
+        elif name == "secrets":
+            value = {k: {"from": v["from"], "hosts": list(v["hosts"])} for k, v in value.items()}
         out[name] = value
     if problems:
         raise ConfigError(problems, source=source)
@@ -164,18 +198,45 @@ def validate(values: Mapping[str, Any], *, source: str | None = None,
 
 
 def merge(*layers: Mapping[str, Any]) -> SandboxConfig:
-    """Later layers win, field by field; `env` merges key by key. Layers must be validated."""
+    """Later layers win, field by field; `env`, `secrets` (by name) and `network.resolve`
+    merge key by key, `network.allow` is replaced whole. Layers must be validated; the
+    network fields are then checked together (a secret's hosts must be allowed)."""
     merged: dict[str, Any] = {}
     env: dict[str, str] = {}
+    network: dict[str, Any] = {}
+    secrets: dict[str, Any] = {}
     for layer in layers:
         for name, value in layer.items():
             if value is None:
                 continue
             if name == "env":
                 env.update(value)
+            elif name == "secrets":
+                secrets.update(value)
+            elif name == "network":
+                if "allow" in value:
+                    network["allow"] = list(value["allow"])
+                if "resolve" in value:
+                    network["resolve"] = {**network.get("resolve", {}), **value["resolve"]}
             else:
                 merged[name] = value
-    return SandboxConfig(env=env, **merged)
+    check_network(merged.get("allow_net", False), network, secrets)
+    return SandboxConfig(env=env, network=network, secrets=secrets, **merged)
+
+
+def check_network(allow_net: bool, network: Mapping, secrets: Mapping) -> None:
+    """The rules across the network fields; ConfigError listing every problem."""
+    problems = []
+    if not allow_net:
+        problems += [f"{name} is set but allow_net is not: networking is off unless "
+                     f"allow_net is true (--allow-net or --allow-host on the command line)"
+                     for name, value in (("network", network), ("secrets", secrets)) if value]
+    elif network or secrets:
+        from .net import network_problems
+
+        problems += network_problems(network or None, secrets or None)
+    if problems:
+        raise ConfigError(problems)
 
 
 def env_layer(environ: Mapping[str, str]) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 Owns the explicit run state (`created → starting → running → stopping → stopped`, or `failed`),
 the guard every method uses to name the state it needs, resolving options into a
 `SandboxConfig`, starting the machine through the platform's backend, and the agent channel
-on top. The sync `Sandbox` (in `sync.py`) drives this same class on a private loop thread.
+on top. With allow_net it also holds the sandbox's network session (`guestnet`): the policy
+proxy, created before boot and attached after the handshake. The sync `Sandbox` (in `sync.py`) drives this same class on a private loop thread.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class AsyncSandbox:
         self._layer: snapshots.Layer | None = None  # the disk layer saved states belong to
         self._spec_used: MachineSpec | None = None
         self._disk_size = self.config.disk_size
+        self._net = None  # guestnet.NetworkSession with allow_net
         self.files = Files(self._live_channel)
 
     # ---- lifecycle ---------------------------------------------------------------------
@@ -77,9 +79,11 @@ class AsyncSandbox:
                     on_console: Callable[[bytes], None] | None = None,
                     **options: Any) -> "AsyncSandbox":
         """Start a sandbox. Options are the config-file fields (cpus, memory, disk_size, env,
-        workdir, kernel, rootfs, initrd, accel, `from_`: a checkpoint to start from, and
-        `cold=True` to boot instead of restoring saved machine state); `config` names a
-        config file; `timeout` stops the sandbox after that many seconds."""
+        workdir, kernel, rootfs, initrd, accel, `from_`: a checkpoint to start from, `cold=True`
+        to boot instead of restoring saved machine state, and the network: `allow_net=True`,
+        `network={"allow": [...], "resolve": {...}}`, `secrets={NAME: {"from": HOST_ENV_VAR,
+        "hosts": [...]}}`); `config` names a config file; `timeout` stops the sandbox after
+        that many seconds."""
         sandbox = cls(resolve_config(options, config), on_console=on_console)
         await sandbox._boot()
         if timeout is not None:
@@ -121,10 +125,16 @@ class AsyncSandbox:
         self._require(State.CREATED)
         self.state = State.STARTING
         try:
+            if self.config.allow_net:
+                from .guestnet import NetworkSession
+
+                self._net = NetworkSession(self.config.network, self.config.secrets)
             backend = default_backend(shuru_home())
             spec = self._spec_used = self._spec()
             self._machine, self._channel = await faststart.start(
                 backend, spec, self._layer, cold=self.config.cold, on_console=self._on_console)
+            if self._net:
+                await self._net.attach(self._channel, Files(lambda: self._channel))
             self._machine.exited.add_done_callback(self._on_machine_exit)
             self.state = State.RUNNING
         except BaseException:
@@ -186,6 +196,8 @@ class AsyncSandbox:
     async def _teardown(self) -> None:
         if self._timeout_task and self._timeout_task is not asyncio.current_task():
             self._timeout_task.cancel()
+        if self._net:
+            await self._net.close()
         if self._channel:
             await self._channel.close()
         if self._machine:
@@ -217,7 +229,9 @@ class AsyncSandbox:
     # ---- processes ---------------------------------------------------------------------
 
     def _exec_options(self, cwd, env, user) -> dict:
-        merged_env = dict(self.config.env)
+        # Placeholders and CA variables first, so a caller's own env can still override them.
+        merged_env = self._net.guest_env if self._net else {}
+        merged_env.update(self.config.env)
         if env:
             merged_env.update({str(k): str(v) for k, v in env.items()})
         return {"cwd": cwd or self.config.workdir, "env": merged_env, "user": user}
@@ -254,6 +268,12 @@ class AsyncSandbox:
         """Watch a guest directory; `callback(WatchEvent)` gets create/modify/delete/rename
         events (plain function or coroutine) until `await watch.stop()`."""
         return await start_watch(self._live_channel(), path, callback, recursive)
+
+    def network_log(self) -> list[dict]:
+        """The network audit log, oldest first: dns, connect, deny, inject and close events
+        ({time, event, host, ip, port, reason?, secrets?, bytes_up?, bytes_down?}); secret
+        names only, never values. Empty without allow_net."""
+        return self._net.log() if self._net else []
 
     @property
     def accel(self) -> str | None:

@@ -42,6 +42,11 @@ class _LoopThread:
         self.loop.close()
 
 
+async def _call(fn, *args):
+    """A plain method run on the loop thread, where the state it reads is changed."""
+    return fn(*args)
+
+
 def _wrap_result(value: Any, runner: _LoopThread) -> Any:
     if isinstance(value, Process):
         return SyncProcess(value, runner)
@@ -187,6 +192,10 @@ class Sandbox:
 
     def console_tail(self, lines: int = 40) -> str:
         return self._async.console_tail(lines)
+
+    def network_log(self) -> list[dict]:
+        """The network audit log; see `AsyncSandbox.network_log`."""
+        return self._runner.run(_call(self._async.network_log))
 
     def stop(self) -> None:
         """Stop the VM and discard its disk. Safe to call more than once."""

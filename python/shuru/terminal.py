@@ -27,14 +27,20 @@ def _console_sink(chunk: bytes) -> None:
         pass
 
 
-async def run_command(config: SandboxConfig) -> int:
+async def run_command(config: SandboxConfig, on_exit=None) -> int:
+    """Run the config's command; `on_exit(sandbox)` runs after it, whatever happened
+    (`--verbose` prints the network log there)."""
     interactive = os.isatty(0)
     sink = _console_sink if config.console else None
     sandbox = AsyncSandbox(config, on_console=sink)
-    async with sandbox:
-        if interactive:
-            return await _interactive(sandbox, list(config.command))
-        return await run_piped(sandbox, list(config.command))
+    try:
+        async with sandbox:
+            if interactive:
+                return await _interactive(sandbox, list(config.command))
+            return await run_piped(sandbox, list(config.command))
+    finally:
+        if on_exit is not None:
+            on_exit(sandbox)
 
 
 def _write_all(fd: int, data: bytes) -> None:
