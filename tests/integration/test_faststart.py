@@ -159,6 +159,7 @@ def test_cli_cold_flag_and_image_list(runtime_dir):
     assert r.returncode == 0 and b"saving one" in r.stderr
     r = shuru("image", "list", "--json")
     rows = json.loads(r.stdout)["states"]
-    mine = [row for row in rows if row["memory"] == 544 and row["layer"] == "image"]
+    mine = [row for row in rows if row["memory"] == 544 and row["layer"] == "image"
+            and row["name"] == current_image().id]
     assert len(mine) == 1 and mine[0]["status"] == "ok" and mine[0]["size"] > 0
     assert list(runtime_dir.iterdir()) == []  # nothing left behind by either run
