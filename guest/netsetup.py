@@ -25,7 +25,8 @@ DNS_ADDR = "127.0.0.53"
 DEVICE = "dummy0"
 # Not in 198.18.0.0/15 (the proxy's fake addresses must route out, not to ourselves).
 GUEST_ADDR, GATEWAY, NETMASK = "10.0.2.15", "10.0.2.2", "255.255.255.0"
-MODULES = ("nf_tables", "nft_chain_nat", "nft_redir", "nft_reject_ipv4", "dummy")
+# All that the rules use: any left out the kernel loads itself, one modprobe exec each.
+MODULES = ("nf_tables", "nft_chain_nat", "nft_nat", "nft_redir", "nft_reject_ipv4", "dummy")
 SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 RESOLV_CONF = "/etc/resolv.conf"
 
