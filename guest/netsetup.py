@@ -113,7 +113,14 @@ def _route(sock: socket.socket, request: int) -> None:
     fcntl.ioctl(sock, request, entry)
 
 
+def _in_the_vm() -> bool:
+    # Everything here rewires the machine it runs on; on a host (tests) that must never happen.
+    return os.getpid() == 1
+
+
 def interface_up() -> None:
+    if not _in_the_vm():
+        raise SetupError("network capture runs only as the VM's PID 1")
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         fcntl.ioctl(sock, SIOCSIFADDR, _ifreq(DEVICE, _sockaddr(GUEST_ADDR)))
         fcntl.ioctl(sock, SIOCSIFNETMASK, _ifreq(DEVICE, _sockaddr(NETMASK)))
@@ -126,6 +133,8 @@ def interface_up() -> None:
 
 def interface_down() -> None:
     """Back to offline: no default route, dummy0 down (connects fail with ENETUNREACH)."""
+    if not _in_the_vm():
+        return
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         for step in (lambda: _route(sock, SIOCDELRT), lambda: _set_flags(sock, DEVICE, False)):
             try:
@@ -177,6 +186,8 @@ _kernel_ready = False  # modules loaded and rules in place: survives a snapshot 
 def enable(bundle_path: str | None) -> None:
     """Everything but the agent's sockets, in the order that lets each step succeed."""
     global _kernel_ready
+    if not _in_the_vm():
+        raise SetupError("network capture runs only as the VM's PID 1")
     if not _kernel_ready:
         _run(["/usr/sbin/modprobe", "-a", *MODULES])
         _run(["/usr/sbin/nft", "-f", "-"], RULES.encode())
