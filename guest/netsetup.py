@@ -92,7 +92,8 @@ def _run(argv: list[str], stdin: bytes = b"") -> None:
     _, status = os.waitpid(pid, 0)
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
-        raise SetupError(f"{' '.join(argv)} failed ({code}): {err.decode(errors='replace').strip()}")
+        detail = err.decode(errors="replace").strip()
+        raise SetupError(f"{' '.join(argv)} failed ({code}): {detail}")
 
 
 def _ifreq(name: str, payload: bytes) -> bytes:
