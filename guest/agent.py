@@ -326,7 +326,8 @@ class Agent:
         """Turn on network capture (see netcap); answered by `result` once it is in place."""
         if os.getpid() != 1:
             # As a host subprocess (contract tests) this would rewire the host's own network.
-            self.send("error", s, code="ENOTSUP", message="network capture runs only as the VM's PID 1")
+            self.send("error", s, code="ENOTSUP",
+                      message="network capture runs only as the VM's PID 1")
             return
         try:
             self.net.enable(msg.get("ca_bundle"))

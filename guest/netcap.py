@@ -208,8 +208,7 @@ class Capture:
             except OSError:
                 return  # e.g. ECONNABORTED, EMFILE: the client sees a reset or retries
             try:
-                raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
-                _, port, packed = struct.unpack("!HH4s8x", raw)
+                ip, port = original_dst(sock)
             except OSError:
                 sock.close()  # a direct connection to the listener, not a redirected one
                 continue
@@ -225,7 +224,7 @@ class Capture:
             conn = Conn(self._new_stream(), sock)
             self.conns[conn.stream] = conn
             self.conn_by_fd[conn.fd] = conn
-            self.send("connect", conn.stream, ip=socket.inet_ntoa(packed), port=port)
+            self.send("connect", conn.stream, ip=ip, port=port)
 
     def _read_app(self, conn: Conn) -> None:
         try:
@@ -390,6 +389,14 @@ class Capture:
     def _drop_client(self, client: DnsClient) -> None:
         self.clients.pop(client.fd, None)
         self._close(client.sock)
+
+
+def original_dst(sock: socket.socket) -> tuple[str, int]:
+    """Where the program meant to connect before nftables redirected it here; OSError for a
+    connection that was not redirected."""
+    raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+    _, port, packed = struct.unpack("!HH4s8x", raw)
+    return socket.inet_ntoa(packed), port
 
 
 def servfail(query: bytes) -> bytes:

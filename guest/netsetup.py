@@ -25,7 +25,8 @@ DNS_ADDR = "127.0.0.53"
 DEVICE = "dummy0"
 # Not in 198.18.0.0/15 (the proxy's fake addresses must route out, not to ourselves).
 GUEST_ADDR, GATEWAY, NETMASK = "10.0.2.15", "10.0.2.2", "255.255.255.0"
-MODULES = ("nf_tables", "nft_chain_nat", "nft_redir", "nft_reject_ipv4", "dummy")
+# All that the rules use: any left out the kernel loads itself, one modprobe exec each.
+MODULES = ("nf_tables", "nft_chain_nat", "nft_nat", "nft_redir", "nft_reject_ipv4", "dummy")
 SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 RESOLV_CONF = "/etc/resolv.conf"
 
@@ -91,7 +92,8 @@ def _run(argv: list[str], stdin: bytes = b"") -> None:
     _, status = os.waitpid(pid, 0)
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
-        raise SetupError(f"{' '.join(argv)} failed ({code}): {err.decode(errors='replace').strip()}")
+        detail = err.decode(errors="replace").strip()
+        raise SetupError(f"{' '.join(argv)} failed ({code}): {detail}")
 
 
 def _ifreq(name: str, payload: bytes) -> bytes:
@@ -112,7 +114,14 @@ def _route(sock: socket.socket, request: int) -> None:
     fcntl.ioctl(sock, request, entry)
 
 
+def _in_the_vm() -> bool:
+    # Everything here rewires the machine it runs on; on a host (tests) that must never happen.
+    return os.getpid() == 1
+
+
 def interface_up() -> None:
+    if not _in_the_vm():
+        raise SetupError("network capture runs only as the VM's PID 1")
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         fcntl.ioctl(sock, SIOCSIFADDR, _ifreq(DEVICE, _sockaddr(GUEST_ADDR)))
         fcntl.ioctl(sock, SIOCSIFNETMASK, _ifreq(DEVICE, _sockaddr(NETMASK)))
@@ -125,6 +134,8 @@ def interface_up() -> None:
 
 def interface_down() -> None:
     """Back to offline: no default route, dummy0 down (connects fail with ENETUNREACH)."""
+    if not _in_the_vm():
+        return
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         for step in (lambda: _route(sock, SIOCDELRT), lambda: _set_flags(sock, DEVICE, False)):
             try:
@@ -176,6 +187,8 @@ _kernel_ready = False  # modules loaded and rules in place: survives a snapshot 
 def enable(bundle_path: str | None) -> None:
     """Everything but the agent's sockets, in the order that lets each step succeed."""
     global _kernel_ready
+    if not _in_the_vm():
+        raise SetupError("network capture runs only as the VM's PID 1")
     if not _kernel_ready:
         _run(["/usr/sbin/modprobe", "-a", *MODULES])
         _run(["/usr/sbin/nft", "-f", "-"], RULES.encode())

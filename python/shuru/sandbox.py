@@ -4,7 +4,8 @@ Owns the explicit run state (`created → starting → running → stopping → 
 the guard every method uses to name the state it needs, resolving options into a
 `SandboxConfig`, starting the machine through the platform's backend, and the agent channel
 on top. With allow_net it also holds the sandbox's network session (`guestnet`): the policy
-proxy, created before boot and attached after the handshake. The sync `Sandbox` (in `sync.py`) drives this same class on a private loop thread.
+proxy, created before boot and attached after the handshake. The sync `Sandbox` (in
+`sync.py`) drives this same class on a private loop thread.
 """
 
 from __future__ import annotations

@@ -256,7 +256,8 @@ async def guest(sb, **op) -> dict:
 
 
 def events(sb, kind: str, host: str | None = None) -> list[dict]:
-    return [e for e in sb.network_log() if e["event"] == kind and (host is None or e["host"] == host)]
+    return [e for e in sb.network_log()
+            if e["event"] == kind and (host is None or e["host"] == host)]
 
 
 # ---- offline --------------------------------------------------------------------------------
@@ -348,7 +349,8 @@ async def test_large_transfers_both_ways_arrive_intact(sb):
 # ---- secrets ------------------------------------------------------------------------------
 
 async def test_guest_holds_a_placeholder_and_trusts_the_sandbox_ca(sb):
-    r = await sb.exec("echo $API_TOKEN; echo $SSL_CERT_FILE $REQUESTS_CA_BUNDLE $NODE_EXTRA_CA_CERTS")
+    r = await sb.exec("echo $API_TOKEN; "
+                      "echo $SSL_CERT_FILE $REQUESTS_CA_BUNDLE $NODE_EXTRA_CA_CERTS")
     placeholder, cafiles = r.stdout.splitlines()
     assert placeholder.startswith("shuru_tok_") and TOKEN not in r.stdout
     assert set(cafiles.split()) == {GUEST_CA_BUNDLE}
