@@ -269,6 +269,12 @@ class Agent:
         The host saves the VM right after `parked` and never talks to it again; clones
         restored from the state wake up here, and their host's first frame is `resume`."""
         self.end_all()
+        if os.getpid() == 1:
+            # What a clone may need later that costs execs, done once here for all of them.
+            try:
+                netcap.netsetup.load_modules(netcap.netsetup.PRELOAD)
+            except (netcap.netsetup.SetupError, OSError) as e:
+                log("preloading the network modules failed:", e)
         self.send("parked", 0)
 
     def end_all(self) -> None:
