@@ -16,6 +16,7 @@ window bounds; without networking, or beyond the bound, the host answers `close`
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 
@@ -30,13 +31,66 @@ MAX_GUEST_STREAMS = 256
 _MAX_UNREAD = 4 * 1024 * 1024
 
 
+# Unread messages one stream may hold. Data needs no count (the window bounds its bytes, and
+# small chunks merge), so this bounds what else a guest can pile up: a run of `started` or
+# `result` frames is a protocol error, a run of watch events that nobody reads becomes one
+# `overflow` event, as the kernel's inotify does.
+MAX_QUEUED = 4096
+_OVERFLOW = {"t": "event", "kind": "overflow", "path": "", "is_dir": False, "_uncounted": True}
+
+
+class _Inbox:
+    """A stream's unread messages, bounded (see MAX_QUEUED): watch events and the other
+    messages are counted apart, so an overflowing watch still gets its `result`."""
+
+    def __init__(self, stream_id: int):
+        self._id = stream_id
+        self._items: collections.deque[dict] = collections.deque()
+        self._ready = asyncio.Event()
+        self._counts = {"event": 0, "other": 0}
+
+    def put_nowait(self, msg: dict) -> None:
+        last = self._items[-1] if self._items else None
+        if (msg["t"] == "data" and last is not None and last["t"] == "data"
+                and last["fd"] == msg["fd"] and len(last["d"]) + len(msg["d"]) <= wire.CHUNK):
+            if not isinstance(last["d"], bytearray):
+                last["d"] = bytearray(last["d"])
+            last["d"] += msg["d"]
+            return
+        kind = "event" if msg["t"] == "event" else "other"
+        if self._counts[kind] >= MAX_QUEUED and msg is not _CLOSED:
+            if kind == "other":
+                raise ProtocolError(f"guest sent more than {MAX_QUEUED} unread messages on "
+                                    f"stream {self._id}")
+            if last is None or last.get("kind") != "overflow":
+                self._items.append(dict(_OVERFLOW, s=self._id))
+            return
+        self._counts[kind] += 1
+        self._items.append(msg)
+        self._ready.set()
+
+    async def get(self) -> dict:
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        msg = self._items.popleft()
+        if msg is not _CLOSED and not msg.pop("_uncounted", False):
+            self._counts["event" if msg["t"] == "event" else "other"] -= 1
+        if isinstance(msg.get("d"), bytearray):
+            msg["d"] = bytes(msg["d"])
+        return msg
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+
 class Stream:
     """One multiplexed conversation (an exec, later a file transfer or a connection)."""
 
     def __init__(self, channel: "Channel", stream_id: int):
         self.channel = channel
         self.id = stream_id
-        self.inbox: asyncio.Queue[dict] = asyncio.Queue()
+        self.inbox = _Inbox(stream_id)
         self._send_credit = {0: wire.WINDOW}
         self._credit_changed = asyncio.Event()
         self._received = {}  # fd -> bytes received but not yet granted back

@@ -278,3 +278,60 @@ async def test_park_then_resume_greets_a_new_host_and_serves_it():
     finally:
         host.close()
         proc.wait(timeout=10)
+
+
+async def _flood(guest, frames) -> None:
+    guest.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_sendall(guest, b"".join(frames))
+
+
+async def test_tiny_data_frames_merge_instead_of_piling_up(fake_guest):
+    # Within the window, but 100k frames: the host keeps them as a few merged chunks.
+    ch, guest = fake_guest
+    guest.sendall(wire.message("hello", version=wire.VERSION))
+    await ch.handshake()
+    stream = ch.open_stream()
+    n = 100_000
+    await _flood(guest, [wire.message("data", stream.id, fd=1, d=bytes([i % 251]))
+                         for i in range(n)] + [wire.message("eof", stream.id, fd=1)])
+    got = bytearray()
+    while True:
+        msg = await stream.recv()
+        if msg["t"] == "eof":
+            break
+        assert isinstance(msg["d"], bytes) and len(msg["d"]) <= wire.CHUNK
+        got += msg["d"]
+        assert stream.inbox.qsize() <= n // wire.CHUNK + 2
+    assert bytes(got) == bytes(i % 251 for i in range(n))
+
+
+async def test_a_flood_of_other_messages_is_a_protocol_error(fake_guest):
+    from shuru.channel import MAX_QUEUED
+    ch, guest = fake_guest
+    guest.sendall(wire.message("hello", version=wire.VERSION))
+    await ch.handshake()
+    stream = ch.open_stream()
+    await _flood(guest, [wire.message("started", stream.id, pid=7)] * (MAX_QUEUED + 10))
+    with pytest.raises(ProtocolError, match="unread messages"):
+        while True:
+            await stream.recv()
+
+
+async def test_unread_watch_events_become_one_overflow(fake_guest):
+    from shuru.channel import MAX_QUEUED
+    ch, guest = fake_guest
+    guest.sendall(wire.message("hello", version=wire.VERSION))
+    await ch.handshake()
+    stream = ch.open_stream()
+    event = wire.message("event", stream.id, kind="create", path="/w/f", is_dir=False)
+    await _flood(guest, [event] * (3 * MAX_QUEUED) + [wire.message("result", stream.id)])
+    kinds = []
+    while not kinds or kinds[-1] != "result":
+        msg = await stream.recv()
+        kinds.append(msg.get("kind", msg["t"]))
+        assert stream.inbox.qsize() <= MAX_QUEUED + 2
+    # Events resume once some are read, as after an inotify overflow; none are made up.
+    assert kinds[:MAX_QUEUED] == ["create"] * MAX_QUEUED and kinds[-1] == "result"
+    assert "overflow" in kinds and set(kinds[:-1]) == {"create", "overflow"}
+    assert kinds.count("create") < 3 * MAX_QUEUED
