@@ -39,7 +39,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator, Mapping, Protocol
 
-from . import cpio
+from . import cpio, snapshots
 from .errors import HostError, ImageError, ShuruError
 from .image import (AGENT_INIT, FILES, FORMAT, Image, agent_files, current_image,
                     fingerprint, image_id, images_dir, is_current, load, recipe_files,
@@ -603,6 +603,7 @@ def _install(out: Path, images: Path) -> Path:
     else:
         os.rename(out, final)
     _set_current(images, final)
+    snapshots.drop_other_images(images, keep=final.name)
     with contextlib.suppress(FileNotFoundError):
         (images / FAILED_LOG).unlink()
     return final

@@ -172,6 +172,16 @@ def discard(path: Path) -> None:
         shutil.rmtree(trash, ignore_errors=True)
 
 
+def drop_other_images(images_root: Path, keep: str) -> None:
+    """Discard the states of every image but `keep` (the new current one): only the
+    current image is started from directly, and each state holds ~100+ MiB. Checkpoints on
+    older images keep theirs (they live in the checkpoint's directory)."""
+    for entry in images_root.iterdir():
+        states = entry / "states"
+        if entry.name != keep and not entry.is_symlink() and states.is_dir():
+            discard(states)
+
+
 def new_workdir(layer: Layer) -> Path:
     """A private directory for a template VM's disk and RAM, published by `publish`. Work
     left by a start that was killed mid-save (a save takes a minute at most) is removed."""

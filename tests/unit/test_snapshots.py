@@ -126,3 +126,15 @@ def test_work_left_by_a_killed_save_is_swept_when_old(tmp_path):
         os.utime(lay.states_dir / name, (0, 0))
     work = snapshots.new_workdir(lay)
     assert {p.name for p in lay.states_dir.iterdir()} == {".new-young", work.name}
+
+
+def test_a_new_current_image_drops_the_states_of_the_others(tmp_path):
+    images = tmp_path / "images"
+    for name in ("old", "new"):
+        lay = snapshots.Layer("image", name, images / name, name)
+        lay.path.mkdir(parents=True)
+        snapshots.publish(_work(lay), lay, ident(lay), cmdline="c", guest={})
+    (images / "current").symlink_to("new")
+    snapshots.drop_other_images(images, keep="new")
+    assert not (images / "old" / "states").exists() and (images / "old").is_dir()
+    assert len(list((images / "new" / "states").iterdir())) == 1
