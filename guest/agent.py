@@ -590,13 +590,19 @@ class Agent:
         if self.readers and len(self.out) <= 4 * wire.WINDOW and any(
                 r.credit[1] > 0 for r in self.readers.values()):
             return 0.0
-        pending = [
-            p.exited_at for p in self.procs.values()
+        deadlines = [
+            p.exited_at + EXIT_GRACE for p in self.procs.values()
             if p.status and p.out_fds and all(p.credit[f] > 0 for f in p.out_fds)
         ]
-        if not pending:
+        deadlines += [d for w in self.watchers.values() if (d := w.deadline()) is not None]
+        if not deadlines:
             return None
-        return max(0.0, min(pending) + EXIT_GRACE - time.monotonic())
+        return max(0.0, min(deadlines) - time.monotonic())
+
+    def expire_watches(self, now: float) -> None:
+        for s, watcher in list(self.watchers.items()):
+            for event in watcher.expire(now):
+                self.send("event", s, **event)
 
     def serve(self) -> None:
         while self.running:
@@ -606,6 +612,7 @@ class Agent:
                 if proc.stdin_eof and not proc.stdin_buf and proc.stdin_fd is not None:
                     self.close_stdin(proc)
             self.finish(time.monotonic())
+            self.expire_watches(time.monotonic())
             if self.shutdown_requested and not self.out:
                 return
             if len(self.out) <= 4 * wire.WINDOW:

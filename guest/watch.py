@@ -12,12 +12,16 @@ from __future__ import annotations
 import ctypes
 import os
 import struct
+import time
 
 IN_MODIFY, IN_ATTRIB, IN_CLOSE_WRITE = 0x2, 0x4, 0x8
 IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE = 0x40, 0x80, 0x100, 0x200
 IN_DELETE_SELF, IN_MOVE_SELF, IN_Q_OVERFLOW, IN_IGNORED, IN_ISDIR = (
     0x400, 0x800, 0x4000, 0x8000, 0x40000000)
 IN_NONBLOCK, IN_CLOEXEC = 0o4000, 0o2000000
+# The two halves of a rename are queued one after the other, and a read can fall between
+# them; a half that finds no pair within this long was a move out of the tree (a delete).
+MOVE_WAIT = 0.1
 MASK = (IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE
         | IN_DELETE_SELF | IN_MOVE_SELF | IN_ATTRIB)
 _EVENT = struct.Struct("iIII")
@@ -43,7 +47,8 @@ class Watcher:
         self.root = root
         self.recursive = recursive
         self.paths: dict[int, str] = {}  # watch descriptor -> directory
-        self._moves: dict[int, str] = {}  # cookie -> path moved away, awaiting its pair
+        # cookie -> (path moved away, when it was read), awaiting its pair
+        self._moves: dict[int, tuple[str, float]] = {}
         if not os.path.isdir(root):
             os.close(fd)
             raise NotADirectoryError(20, "Not a directory", root)
@@ -89,11 +94,16 @@ class Watcher:
             offset += _EVENT.size + length
             name = raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
             self._translate(wd, mask, cookie, name, events)
-        # A move whose other half never came (moved out of the watched tree) is a delete.
-        for path in self._moves.values():
-            events.append({"kind": "delete", "path": path})
-        self._moves.clear()
-        return _coalesce(events)
+        return _coalesce(events + self.expire(time.monotonic()))
+
+    def expire(self, now: float) -> list[dict]:
+        """Deletes for moves whose other half did not come within MOVE_WAIT."""
+        gone = [c for c, (_, seen) in self._moves.items() if now - seen >= MOVE_WAIT]
+        return [{"kind": "delete", "path": self._moves.pop(c)[0]} for c in gone]
+
+    def deadline(self) -> float | None:
+        """When the oldest unpaired move becomes a delete (the agent's select wakes then)."""
+        return min(seen for _, seen in self._moves.values()) + MOVE_WAIT if self._moves else None
 
     def _translate(self, wd: int, mask: int, cookie: int, name: str, out: list) -> None:
         if mask & IN_Q_OVERFLOW:
@@ -117,9 +127,9 @@ class Watcher:
         elif mask & IN_DELETE:
             out.append({"kind": "delete", "path": path, "is_dir": is_dir})
         elif mask & IN_MOVED_FROM:
-            self._moves[cookie] = path
+            self._moves[cookie] = (path, time.monotonic())
         elif mask & IN_MOVED_TO:
-            src = self._moves.pop(cookie, None)
+            src = self._moves.pop(cookie, (None, 0.0))[0]
             if src is None:
                 out.append({"kind": "create", "path": path, "is_dir": is_dir})
                 if is_dir and self.recursive:
