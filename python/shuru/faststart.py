@@ -10,8 +10,8 @@ Owns the decision between restoring and booting, and the fallbacks:
 * Saving or restoring the new state fails too: warn, and boot an ordinary VM. A saved
   state is a cache; it never makes a start fail. Only a real boot failure does.
 
-`cold=True`, a backend without memory snapshots, or custom boot files (no layer) boot
-directly, as does every start when the layer is unknown.
+`cold=True`, a backend without fast start, or custom boot files (no disk layer to key a
+state by) boot directly.
 """
 
 from __future__ import annotations

@@ -267,8 +267,9 @@ class QemuMachine:
         the shared RAM file. The VM must never run again (its RAM file is now the saved
         memory), so QEMU is ended right after."""
         await self.qmp.execute("stop")
-        await self._migrate(lambda: self.qmp.execute(
-            "migrate", {"uri": f"exec:cat > {shlex.quote(str(state))}"}), "saving the machine state")
+        uri = f"exec:cat > {shlex.quote(str(state))}"
+        await self._migrate(lambda: self.qmp.execute("migrate", {"uri": uri}),
+                            "saving the machine state")
         await self.stop()
 
     async def load_state(self, state: Path) -> None:
