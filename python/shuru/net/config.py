@@ -2,7 +2,7 @@
 
 Config files, the CLI and the SDK all arrive here in the config-file shape:
 
-    network: {allow: [patterns], resolve: {name: address}}
+    network: {allow: [patterns, each maybe with :port], resolve: {name: address}}
     secrets: {NAME: {from: HOST_ENV_VAR, hosts: [patterns]}}
 
 `network_problems` lists every problem, each naming its field, so a user fixes them all at
@@ -49,14 +49,15 @@ def _show(value: Any) -> str:
         f"a {type(value).__name__}"
 
 
-def _pattern_list(label: str, value: Any, *, empty_ok: bool) -> list[str]:
+def _pattern_list(label: str, value: Any, *, empty_ok: bool,
+                  port_ok: bool = False) -> list[str]:
     if not isinstance(value, (list, tuple)) or isinstance(value, str):
         return [f"{label} must be a list of host patterns, got {_show(value)}"]
     if not value and not empty_ok:
         return [f"{label} must name at least one host"]
     problems = []
     for i, pattern in enumerate(value):
-        problem = names.pattern_problem(pattern)
+        problem = names.pattern_problem(pattern, port_ok=port_ok)
         if problem:
             problems.append(f"{label}[{i}] {_show(pattern)}: {problem}")
     return problems
@@ -74,7 +75,8 @@ def _network_problems(network: Any) -> list[str]:
         return [f"network must be a mapping with allow and resolve, got {_show(network)}"]
     problems = _unknown("network", network, NETWORK_FIELDS)
     if "allow" in network:
-        problems += _pattern_list("network.allow", network["allow"], empty_ok=True)
+        problems += _pattern_list("network.allow", network["allow"], empty_ok=True,
+                                  port_ok=True)
     resolve = network.get("resolve", {})
     if not isinstance(resolve, Mapping):
         problems.append(f"network.resolve must be a mapping of names to addresses, "
@@ -103,8 +105,8 @@ def _resolve_problems(key: Any, value: Any) -> list[str]:
 
 def _allow_of(network: Any) -> tuple[str, ...]:
     if isinstance(network, Mapping) and isinstance(network.get("allow"), (list, tuple)):
-        return tuple(names.normalize(p) for p in network["allow"]
-                     if names.pattern_problem(p) is None)
+        return tuple(names.normalize_pattern(p) for p in network["allow"]
+                     if names.pattern_problem(p, port_ok=True) is None)
     return ()
 
 

@@ -28,7 +28,8 @@ from .ca import CertAuthority, host_trust_store
 from .config import NetworkConfig, Secret, config_problems
 from .conn import GuestConn, TLSGuestConn
 from .fakeip import FakeIPs
-from .upstream import CONNECT_TIMEOUT, ProxySettings, UpstreamError, dial
+from .upstream import (CONNECT_TIMEOUT, ProxySettings, Refused, Resolver, UpstreamError, dial,
+                       plan, split_port)
 
 GUEST_CA_BUNDLE = "/etc/ssl/certs/shuru-ca-bundle.pem"
 # Variables that point common TLS clients at the bundle (OpenSSL, Node, requests/pip,
@@ -99,7 +100,7 @@ class PolicyProxy:
 
     def __init__(self, config: NetworkConfig, *, environ: Mapping[str, str] = os.environ,
                  upstream_cafile: str | None = None,
-                 connect_timeout: float = CONNECT_TIMEOUT):
+                 connect_timeout: float = CONNECT_TIMEOUT, resolver: Resolver | None = None):
         problems = config_problems(config)
         problems += [p for s in config.secrets for p in _value_problems(s, environ)]
         try:
@@ -113,8 +114,12 @@ class PolicyProxy:
         if problems:
             raise ConfigError(problems)
         self.config = config
-        self._allow = tuple(names.normalize(p) for p in config.allow)
+        self._allow = tuple(names.normalize_pattern(p) for p in config.allow)
         self._resolve = {names.normalize(k): v for k, v in config.resolve.items()}
+        # Names a resolve entry maps (with or without a port): the only way to local names.
+        self._resolved_names = {names.normalize(split_port(k)[0]) for k in config.resolve}
+        self._own_names = names.own_names()
+        self._resolver = resolver  # None: the host resolver, looked up when used
         self._values: list[tuple[tuple[str, ...], _Value]] = []
         self.placeholders: dict[str, str] = {}
         for secret in config.secrets:
@@ -152,8 +157,9 @@ class PolicyProxy:
 
     # ---- decisions (pure) --------------------------------------------------------------
 
-    def allowed(self, host: str) -> bool:
-        return names.allowed(self._allow, host)
+    def allowed(self, host: str, port: int | None = None) -> bool:
+        """Whether `host` is allowed on `port` (None: on some port, as DNS asks)."""
+        return names.allowed(self._allow, host, port)
 
     def _secrets_for(self, host: str) -> list[_Value]:
         return [v for hosts, v in self._values if names.allowed(hosts, host,
@@ -175,8 +181,12 @@ class PolicyProxy:
         except dns.DNSFormatError:
             return dns.error(query, dns.FORMERR)
         name = names.normalize(q.name)
-        if not names.valid_name(name):
-            self._log.record("deny", None, "", 53, reason="DNS: not a valid host name")
+        problem = names.name_problem(name)
+        if problem is None and name not in self._resolved_names:
+            problem = names.local_problem(name, self._own_names)
+        if problem:
+            host = name if names.printable(name) else None
+            self._log.record("deny", host, "", 53, reason=f"DNS: {problem}")
             return dns.reply(q, dns.REFUSED)
         if q.qclass != dns.IN or not self.allowed(name):
             self._log.record("deny", name, "", 53,
@@ -236,9 +246,11 @@ class PolicyProxy:
             return Decision(DENY, None, ip, port,
                             reason="the address did not come from shuru's DNS "
                                    "(connections to hard-coded IP addresses are refused)")
-        if not self.allowed(host):
-            return Decision(DENY, host, ip, port,
-                            reason="not in the sandbox's network allowlist")
+        if not self.allowed(host, port):
+            reason = "not in the sandbox's network allowlist"
+            if self.allowed(host):
+                reason = f"port {port} of {host} is not in the sandbox's network allowlist"
+            return Decision(DENY, host, ip, port, reason=reason)
         values = tuple(self._secrets_for(host))
         if values and port in INTERCEPTED_PORTS:
             return Decision(INTERCEPTED_PORTS[port], host, ip, port, secrets=values)
@@ -250,14 +262,25 @@ class PolicyProxy:
                                         decision.port, list(decision.secrets))
         if mode == DENY:
             return await self._deny(guest, host, ip, port, decision.reason)
+        # Resolved once and vetted here; dial connects to exactly those addresses.
+        route: object
+        try:
+            route = await plan(host, port, resolve=self._resolve, proxies=self._proxies,
+                               resolver=self._resolver, own_names=self._own_names,
+                               timeout=self._connect_timeout)
+        except Refused as e:
+            return await self._deny(guest, host, ip, port, e.message)
+        except UpstreamError as e:
+            route = e  # unresolvable: reported below, like a failed connect
         self._log.record("connect", host, ip, port, reason=mode)
         counts = relay.Counts()
         reason = None
         writer = None
         try:
+            if isinstance(route, UpstreamError):
+                raise route
             reader, writer = await dial(
-                host, port, resolve=self._resolve, proxies=self._proxies,
-                tls=self._upstream_tls if mode == INTERCEPT_TLS else None,
+                route, tls=self._upstream_tls if mode == INTERCEPT_TLS else None,
                 timeout=self._connect_timeout)
             if mode == TUNNEL:
                 await relay.tunnel(guest, reader, writer, counts)

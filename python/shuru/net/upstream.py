@@ -1,9 +1,16 @@
 """The proxy's own outbound connections: where a name goes, and how to get there.
 
-A name is dialled at its `network.resolve` address if it has one, else through the host
-resolver; through the host's upstream proxy (HTTPS_PROXY / HTTP_PROXY / ALL_PROXY, with
-CONNECT) unless NO_PROXY matches. Reading the environment and deciding are pure; `dial` is
-the thin I/O shell. Proxy URLs may hold credentials, so no message here ever shows one.
+A name is dialled at its `network.resolve` address if it has one (the user wrote it, so it
+is trusted, loopback and private addresses included); through the host's upstream proxy
+(HTTPS_PROXY / HTTP_PROXY / ALL_PROXY, with CONNECT) unless NO_PROXY matches; else at an
+address the host resolver gave for it. `plan` decides, resolving a name once and vetting
+every address (`addresses.refusal`): if any is not global unicast the whole name is
+refused, since a name that mixes public and private answers is a rebinding attempt or a
+misconfiguration, and trying its public address first would only hide that. `dial` then
+connects to the vetted addresses themselves, so nothing resolves the name a second time
+(no DNS rebinding between the check and the connect). Through an upstream proxy the proxy
+resolves, so the name is vetted instead: addresses, numbers and local names are refused.
+Proxy URLs may hold credentials, so no message here ever shows one.
 """
 
 from __future__ import annotations
@@ -11,15 +18,22 @@ from __future__ import annotations
 import asyncio
 import base64
 import ipaddress
+import socket
 import ssl
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Awaitable, Callable, Iterable, Mapping
 from urllib.parse import unquote, urlsplit
 
 from ..errors import ConfigError, ShuruError
-from . import names
+from . import addresses, names
 
 CONNECT_TIMEOUT = 10.0
+# Happy eyeballs (RFC 8305): the next address is tried this long after the previous one
+# started, or at once when it failed.
+NEXT_ADDRESS_DELAY = 0.25
+
+# (name, port) -> the addresses it resolves to, in the order to try them.
+Resolver = Callable[[str, int], Awaitable[list[str]]]
 
 
 class UpstreamError(ShuruError):
@@ -29,6 +43,18 @@ class UpstreamError(ShuruError):
         super().__init__(message)
         self.host = host
         self.port = port
+
+
+@dataclass(frozen=True)
+class Refused(UpstreamError):
+    """The policy will not connect there (an address or name that is not public); the
+    message says why. Raised before any connection is attempted."""
+
+
+async def host_resolve(host: str, port: int) -> list[str]:
+    """The host resolver's addresses for `host` (the one lookup a connection gets)."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(info[4][0] for info in infos))
 
 
 @dataclass(frozen=True)
@@ -187,19 +213,112 @@ async def _through_proxy(proxy: UpstreamProxy, target: str, port: int):
     return reader, writer
 
 
-async def dial(host: str, port: int, *, resolve: Mapping[str, str], proxies: ProxySettings,
-               tls: ssl.SSLContext | None = None, timeout: float = CONNECT_TIMEOUT):
-    """A connection (reader, writer) to `host`:`port`, TLS-verified as `host` when `tls`
-    is given. UpstreamError if it cannot be made within `timeout` seconds."""
+@dataclass(frozen=True)
+class Route:
+    """How to reach `host`:`port`: connect to `addresses` (vetted, or the user's resolve
+    entry) on `dial_port`, directly or through `proxy` with CONNECT; through a proxy with
+    no address, CONNECT names the host and the proxy resolves it."""
+
+    host: str
+    port: int
+    dial_port: int
+    addresses: tuple[str, ...]
+    proxy: UpstreamProxy | None = None
+    trusted: bool = False  # the address came from network.resolve
+
+
+def _refuse(host: str, port: int, why: str) -> Refused:
+    return Refused(f"shuru does not connect to {host}:{port}: {why}", host=host, port=port)
+
+
+async def plan(host: str, port: int, *, resolve: Mapping[str, str], proxies: ProxySettings,
+               resolver: Resolver | None = None, own_names: Iterable[str] = (),
+               timeout: float = CONNECT_TIMEOUT) -> Route:
+    """Where a connection to `host`:`port` goes, resolving `host` at most once. Refused
+    when a name or address is not one the proxy may reach; UpstreamError when the name
+    does not resolve. `own_names` are the host's own names (local, like localhost)."""
     address, dial_port = resolve_target(resolve, host, port)
-    proxy = proxies.for_target(host, address, port)
+    if address is not None:
+        return Route(host, port, dial_port, (address,), proxies.for_target(host, address, port),
+                     trusted=True)
+    why = names.name_problem(host) or names.local_problem(host, own_names)
+    if why:
+        raise _refuse(host, port, why)
+    proxy = proxies.for_target(host, None, port)
+    if proxy is not None:
+        if "." not in host:  # the upstream proxy would complete it with its search domains
+            raise _refuse(host, port, f"{host} is a single-label (local) name, reachable "
+                                      f"only through network.resolve")
+        return Route(host, port, port, (), proxy)
+    try:
+        found = await asyncio.wait_for((resolver or host_resolve)(host, port), timeout)
+    except asyncio.TimeoutError:
+        raise UpstreamError(f"resolving {host} timed out after {timeout:g} s",
+                            host=host, port=port) from None
+    except (OSError, UnicodeError) as e:  # socket.gaierror included
+        reason = e.strerror if getattr(e, "strerror", None) else str(e)
+        raise UpstreamError(f"cannot resolve {host}: {reason}", host=host, port=port) from None
+    if not found:
+        raise UpstreamError(f"cannot resolve {host}: no addresses", host=host, port=port)
+    for found_address in found:
+        why = addresses.refusal(found_address)
+        if why:
+            raise _refuse(host, port, f"{host} resolves to {why}; shuru dials only public "
+                                      f"(global unicast) addresses, and reaches others only "
+                                      f"through network.resolve")
+    return Route(host, port, port, tuple(found))
+
+
+async def _first_connection(targets: tuple[str, ...], port: int, opener):
+    """Connect to the first of `targets` that answers: each is tried NEXT_ADDRESS_DELAY
+    after the one before (or as soon as it fails); the rest are then cancelled or closed.
+    The first error when none answers."""
+    pending: set[asyncio.Task] = set()
+    errors: list[BaseException] = []
+    queue = list(targets)
+    try:
+        while queue or pending:
+            if queue:
+                pending.add(asyncio.ensure_future(opener(queue.pop(0), port)))
+            done, pending = await asyncio.wait(
+                pending, timeout=NEXT_ADDRESS_DELAY if queue else None,
+                return_when=asyncio.FIRST_COMPLETED)
+            winner = None
+            for task in done:
+                if task.exception() is not None:
+                    errors.append(task.exception())
+                elif winner is None:
+                    winner = task.result()
+                else:
+                    task.result()[1].transport.abort()
+            if winner is not None:
+                return winner
+        raise errors[0]
+    finally:
+        for task in pending:
+            task.cancel()
+        for task in pending:
+            try:
+                _, writer = await task
+            except BaseException:
+                continue
+            writer.transport.abort()
+
+
+async def dial(route: Route, *, tls: ssl.SSLContext | None = None,
+               timeout: float = CONNECT_TIMEOUT, opener=None):
+    """A connection (reader, writer) along `route`, TLS-verified as its host when `tls` is
+    given; `opener` (asyncio.open_connection by default) makes the TCP connections.
+    UpstreamError if it cannot be made within `timeout` seconds."""
+    host, port, proxy = route.host, route.port, route.proxy
+    opener = opener or asyncio.open_connection
 
     async def connect():
         if proxy is None:
-            return await asyncio.open_connection(
-                address or host, dial_port, ssl=tls, server_hostname=host if tls else None,
-                happy_eyeballs_delay=0.25)
-        reader, writer = await _through_proxy(proxy, address or host, dial_port)
+            reader, writer = await _first_connection(route.addresses, route.dial_port, opener)
+        else:
+            target = route.addresses[0] if route.addresses else host
+            reader, writer = await _through_proxy(proxy, target, route.dial_port)
         if tls is not None:
             try:
                 await writer.start_tls(tls, server_hostname=host)
