@@ -82,3 +82,20 @@ def test_resolve_entries_may_carry_ports():
     assert [p.split(" ")[0] + " " + p.split(" ")[1] for p in problems] == [
         "network.resolve 'a.test:x':", "network.resolve.b.test must", "network.resolve.c.test must",
         "network.resolve.d.test must"]
+
+
+def test_allow_entries_with_ports():
+    config = network_config({"allow": ["API.internal:8443", "*.Example.com:443", "plain.io"]},
+                            {"K": {"from": "K", "hosts": ["api.internal", "a.example.com"]}})
+    assert config.allow == ("api.internal:8443", "*.example.com:443", "plain.io")
+    problems = network_problems({"allow": ["a.io:0", "a.io:x", "1.2.3.4:443", "0x7f000001"]},
+                                {"K": {"from": "K", "hosts": ["b.io:443"]}})
+    assert [p.split(" ")[0] for p in problems] == [
+        "network.allow[0]", "network.allow[1]", "network.allow[2]", "network.allow[3]",
+        "secrets.K.hosts[0]"]  # a secret's hosts take no port
+
+
+def test_numeric_names_cannot_be_resolve_keys():
+    problems = network_problems({"resolve": {"2130706433": "127.0.0.1", "127.1:80": "127.0.0.1"}},
+                                None)
+    assert len(problems) == 2 and all("expected a host name" in p for p in problems)

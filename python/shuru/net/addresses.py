@@ -71,27 +71,30 @@ def refusal(address: object) -> str | None:
     """Why the proxy must not dial `address` (an IP address as text), or None when it is
     global unicast and may be dialled."""
     try:
+        if not isinstance(address, str):  # ipaddress would take an int as an address
+            raise TypeError(address)
         ip = ipaddress.ip_address(address)
     except (ValueError, TypeError):
         return f"{str(address)[:64]!r} is not an IP address"
+    shown = address[:64]
     if isinstance(ip, ipaddress.IPv4Address):
         problem = _v4_problem(ip)
-        return f"{ip} is {problem}" if problem else None
+        return f"{shown} is {problem}" if problem else None
     ip = ipaddress.IPv6Address(ip.compressed.split("%")[0])  # the zone says nothing
     for net, form in ((_MAPPED, "an IPv4-mapped"), (_NAT64, "a NAT64")):
         if ip in net:
             inner = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
             problem = _v4_problem(inner)
-            return f"{ip} is {form} form of {inner}, {problem}" if problem else None
+            return f"{shown} is {form} form of {inner}, {problem}" if problem else None
     if ip in _6TO4:
         inner = ip.sixtofour
         problem = _v4_problem(inner)
-        return f"{ip} is a 6to4 form of {inner}, {problem}" if problem else None
+        return f"{shown} is a 6to4 form of {inner}, {problem}" if problem else None
     for net, what in _V6:
         if ip in net:
-            return f"{ip} is {what}, in {net}"
+            return f"{shown} is {what}, in {net}"
     if ip not in _GLOBAL_V6:
-        return f"{ip} is a reserved address, outside global unicast {_GLOBAL_V6}"
+        return f"{shown} is a reserved address, outside global unicast {_GLOBAL_V6}"
     return None
 
 

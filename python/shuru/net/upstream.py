@@ -45,7 +45,6 @@ class UpstreamError(ShuruError):
         self.port = port
 
 
-@dataclass(frozen=True)
 class Refused(UpstreamError):
     """The policy will not connect there (an address or name that is not public); the
     message says why. Raised before any connection is attempted."""
@@ -263,9 +262,9 @@ async def plan(host: str, port: int, *, resolve: Mapping[str, str], proxies: Pro
     for found_address in found:
         why = addresses.refusal(found_address)
         if why:
-            raise _refuse(host, port, f"{host} resolves to {why}; shuru dials only public "
-                                      f"(global unicast) addresses, and reaches others only "
-                                      f"through network.resolve")
+            raise _refuse(host, port, f"{host} resolves to an address that is not public "
+                                      f"({why}); shuru dials only global unicast addresses, "
+                                      f"and others only through network.resolve")
     return Route(host, port, port, tuple(found))
 
 
