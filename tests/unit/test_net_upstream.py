@@ -239,3 +239,20 @@ async def test_a_public_name_goes_to_the_proxy_by_name_and_no_proxy_paths_are_ve
         await plan("direct.example", 443, resolve={}, proxies=PROXIED, resolver=resolver)
     assert "private" in e.value.message
     assert resolver.calls == [("direct.example", 443)]
+
+
+async def test_a_dial_that_times_out_leaves_no_attempt_running():
+    cancelled = []
+
+    async def hanging(host, port):
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append(host)
+            raise
+
+    route = Route("api.example", 443, 443, ("1.1.1.1", "1.0.0.1"))
+    with pytest.raises(UpstreamError) as e:
+        await dial(route, opener=hanging, timeout=0.4)
+    assert "timed out" in e.value.message
+    assert sorted(cancelled) == ["1.0.0.1", "1.1.1.1"]

@@ -28,8 +28,8 @@ from .ca import CertAuthority, host_trust_store
 from .config import NetworkConfig, Secret, config_problems
 from .conn import GuestConn, TLSGuestConn
 from .fakeip import FakeIPs
-from .upstream import (CONNECT_TIMEOUT, ProxySettings, Refused, Resolver, UpstreamError, dial,
-                       plan, split_port)
+from .upstream import (CONNECT_TIMEOUT, ProxySettings, Refused, Resolver, Route, UpstreamError,
+                       dial, plan, split_port)
 
 GUEST_CA_BUNDLE = "/etc/ssl/certs/shuru-ca-bundle.pem"
 # Variables that point common TLS clients at the bundle (OpenSSL, Node, requests/pip,
@@ -262,8 +262,9 @@ class PolicyProxy:
                                         decision.port, list(decision.secrets))
         if mode == DENY:
             return await self._deny(guest, host, ip, port, decision.reason)
-        # Resolved once and vetted here; dial connects to exactly those addresses.
-        route: object
+        # Resolved once and vetted here (a refusal is a denial, before any connect event);
+        # dial then connects to exactly those addresses.
+        route: Route | UpstreamError
         try:
             route = await plan(host, port, resolve=self._resolve, proxies=self._proxies,
                                resolver=self._resolver, own_names=self._own_names,
@@ -271,7 +272,7 @@ class PolicyProxy:
         except Refused as e:
             return await self._deny(guest, host, ip, port, e.message)
         except UpstreamError as e:
-            route = e  # unresolvable: reported below, like a failed connect
+            route = e  # unresolvable: reported below like a failed connect (502 on port 80)
         self._log.record("connect", host, ip, port, reason=mode)
         counts = relay.Counts()
         reason = None

@@ -296,12 +296,10 @@ async def _first_connection(targets: tuple[str, ...], port: int, opener):
     finally:
         for task in pending:
             task.cancel()
-        for task in pending:
-            try:
-                _, writer = await task
-            except BaseException:
-                continue
-            writer.transport.abort()
+        if pending:  # an attempt may have connected just before it was cancelled
+            for result in await asyncio.gather(*pending, return_exceptions=True):
+                if isinstance(result, tuple):
+                    result[1].transport.abort()
 
 
 async def dial(route: Route, *, tls: ssl.SSLContext | None = None,
