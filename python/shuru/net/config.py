@@ -36,8 +36,9 @@ class Secret:
 
 @dataclass(frozen=True)
 class NetworkConfig:
-    """What the policy proxy enforces. `allow` empty means every host; `resolve` maps a
-    name to the address to dial instead of asking the host resolver."""
+    """What the policy proxy enforces. `allow` empty means every host, and an entry may
+    end in `:port` to allow that port only; `resolve` maps a name to the address to dial
+    instead of asking the host resolver (trusted: it may be loopback or private)."""
 
     allow: tuple[str, ...] = ()
     resolve: Mapping[str, str] = field(default_factory=dict)

@@ -27,10 +27,10 @@ _LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\Z")
 # A last label that inet_aton, browsers (WHATWG URL) and getaddrinfo read as a number:
 # decimal, octal or 0x-hex.
 _NUMBER = re.compile(r"(?:[0-9]+|0x[0-9a-f]*)\Z")
+_PRINTABLE = re.compile(r"[a-z0-9._-]{1,253}\Z")
 # Special-use names that stand for this machine or the local network (RFC 6761 localhost,
 # RFC 6762 .local, RFC 8375 .home.arpa, the private-use .internal, distributions'
 # .localdomain): never in public DNS, so only a network.resolve entry can mean them.
-_PRINTABLE = re.compile(r"[a-z0-9._-]{1,253}\Z")
 LOCAL_SUFFIXES = ("localhost", "local", "localdomain", "home.arpa", "internal")
 
 
