@@ -25,7 +25,9 @@ from shuru.net import upstream
 
 pytestmark = [pytest.mark.usefixtures("image"), pytest.mark.asyncio(loop_scope="module")]
 
-FAST = 5.0  # seconds: a generous bound for "refused at once", well under the 10 s connect timeout (TCG, loaded CI)
+# Seconds: a generous bound for "refused at once" on a loaded TCG host, well under the
+# 10 s connect timeout that a refusal-by-hang would take.
+FAST = 5.0
 BANNER = b"host-only service\n"
 # Spellings of the host's loopback that resolvers accept as names.
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "2130706433", "0x7f000001", "127.1", "0",
