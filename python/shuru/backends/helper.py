@@ -29,6 +29,7 @@ from typing import Callable
 
 from ..errors import BootError, ConfigError, HostError, ProtocolError, SandboxDiedError, ShuruError
 from ..runtime import RunDir, die_with_parent
+from ..sanitize import neutralise
 from . import helper_protocol as hp
 from .base import Capabilities, MachineSpec
 
@@ -432,7 +433,7 @@ class HelperMachine:
                 self.agent[1].close()
 
     def console_tail(self, lines: int = 40) -> str:
-        return "\n".join(list(self._console)[-lines:])
+        return neutralise("\n".join(list(self._console)[-lines:]))  # guest text: see sanitize
 
     # ---- stop ----------------------------------------------------------------------------
 
