@@ -28,7 +28,7 @@ import time
 import warnings
 from typing import Callable
 
-from . import snapshots
+from . import runtime, snapshots
 from .backends.base import MachineSpec
 from .channel import Channel
 from .errors import BootError, HostError, SandboxDiedError, ShuruError, ShuruWarning
@@ -125,6 +125,8 @@ def _warn(message: str) -> None:
 async def start(backend, spec: MachineSpec, layer: snapshots.Layer | None, *, cold: bool,
                 on_console: Callable[[bytes], None] | None = None) -> tuple[object, Channel]:
     """A running machine and its connected channel, restored when possible (see above)."""
+    # A runtime root that is not private fails here, before any warning about states.
+    runtime.private_dir(runtime.runtime_root())
     if cold or layer is None or not backend.capabilities.fast_start:
         return await cold_start(backend, spec, on_console)
     ident = _identity(backend, spec, layer)
