@@ -11,8 +11,7 @@ Owns the decision between restoring and booting, and the fallbacks:
   state is a cache; it never makes a start fail. Only a real boot failure does.
 
 `cold=True`, a backend without fast start, or custom boot files (no disk layer to key a
-state by) boot directly. A host problem (QEMU missing, an unsafe runtime directory) is not the
-state's fault: it fails the start and leaves the state alone.
+state by) boot directly. An unsafe runtime directory fails the start before any of this.
 
 `prepare` saves a layer's state ahead of time: `checkpoint()` calls it, so the sandboxes
 started from a fresh checkpoint restore from the first one on, instead of all waiting on a
@@ -31,7 +30,7 @@ from typing import Callable
 from . import runtime, snapshots
 from .backends.base import MachineSpec
 from .channel import Channel
-from .errors import BootError, HostError, SandboxDiedError, ShuruError, ShuruWarning
+from .errors import BootError, SandboxDiedError, ShuruError, ShuruWarning
 from .process import run_to_completion
 
 BOOT_TIMEOUT = float(os.environ.get("SHURU_BOOT_TIMEOUT", "90"))
@@ -143,8 +142,6 @@ async def start(backend, spec: MachineSpec, layer: snapshots.Layer | None, *, co
         state = await save(backend, spec, layer, ident, on_console)
     try:
         return await restore(backend, spec, state, on_console)
-    except HostError:
-        raise
     except ShuruError as e:
         snapshots.discard(state.path)
         _warn(f"the machine state just saved for {layer.describe()} did not restore "
@@ -164,8 +161,6 @@ async def _try_existing(backend, spec, layer, ident, on_console):
         return "no saved machine state yet"
     try:
         return await restore(backend, spec, state, on_console)
-    except HostError:
-        raise
     except ShuruError as e:
         snapshots.discard(state.path)
         return f"the saved machine state failed to load ({e.message.splitlines()[0]})"
