@@ -118,3 +118,16 @@ def test_sweep_does_not_follow_a_planted_lock_link(tmp_path):
     (planted / "lock").symlink_to(victim)
     sweep(root)
     assert victim.read_text() == "keep"
+
+
+def test_doctor_names_an_unsafe_runtime_root_and_its_fix(tmp_path, monkeypatch):
+    from shuru.doctor import check_runtime_dir
+
+    root = tmp_path / "open"
+    root.mkdir()
+    root.chmod(0o777)
+    monkeypatch.setenv("SHURU_RUNTIME_DIR", str(root))
+    check = check_runtime_dir()
+    assert not check.ok and "mode is 0777" in check.detail and f"chmod 700 {root}" in check.fix
+    root.chmod(0o700)
+    assert check_runtime_dir().ok
