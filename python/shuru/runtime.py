@@ -31,6 +31,7 @@ from typing import Callable
 
 from .errors import HostError
 
+
 def runtime_root() -> Path:
     explicit = os.environ.get("SHURU_RUNTIME_DIR")
     if explicit:
@@ -97,9 +98,18 @@ def _locked_dir(root: Path) -> tuple[Path, int]:
     entry) with its lock held."""
     sweep(root)
     path = Path(tempfile.mkdtemp(prefix="sb-", dir=root))
-    fd = os.open(path / "lock",
-                 os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        fd = os.open(path / "lock",
+                     os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        raise
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        os.close(fd)
+        raise
     return path, fd
 
 
