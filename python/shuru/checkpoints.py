@@ -5,15 +5,20 @@ Layout under the data dir:
     checkpoints/<name>/disk.qcow2      the sandbox's overlay, frozen (its backing file is the
                                         image's rootfs.img or the parent checkpoint's disk)
     checkpoints/<name>/manifest.json   format, parent, base image id and sha256, sizes, hash
+    checkpoints/<name>/verified.json   the disk's stat when its hash last matched (a cache)
 
 A checkpoint is immutable once written: sandboxes started from it get their own overlay on
 top. Saving goes through a temporary directory and one rename, so a crash leaves no half
-checkpoint under the name. Loading re-hashes the disk, so a damaged or truncated checkpoint
-is refused with the path in the message while the others keep working.
+checkpoint under the name. The disk is hashed when it is saved and again whenever its stat
+(size, mtime, ctime, inode) differs from the one recorded then, not on every start (hashing
+a big disk costs seconds on a path meant to take half of one); a damaged or truncated
+checkpoint is refused with the path in the message while the others keep working. Loading
+hashes, so async callers load in a thread.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -30,6 +35,7 @@ from .image import Image, images_dir, load as load_image, sha256_file, shuru_hom
 FORMAT = 1
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MAX_CHAIN = 8  # deeper chains are flattened when saved, so reads stay fast
+VERIFIED = "verified.json"
 
 
 class CheckpointError(ShuruError):
@@ -90,17 +96,56 @@ def load(name: str, home: Path | None = None, *, verify: bool = True) -> Checkpo
 
 def _verify_disk(cp: Checkpoint) -> None:
     want = cp.manifest.get("disk", {})
-    if not cp.disk.is_file():
-        raise CheckpointError(f"checkpoint {cp.name!r} is damaged: {cp.disk} is missing")
-    size = cp.disk.stat().st_size
-    if size != want.get("size"):
-        raise CheckpointError(f"checkpoint {cp.name!r} is damaged: {cp.disk} has {size} bytes, "
-                              f"its manifest says {want.get('size')}",
+    try:
+        st = cp.disk.stat()
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {cp.name!r} is damaged: {cp.disk} is missing") from None
+    except OSError as e:
+        raise CheckpointError(f"checkpoint {cp.name!r}: cannot read {cp.disk}: {e.strerror}"
+                              ) from None
+    if st.st_size != want.get("size"):
+        raise CheckpointError(f"checkpoint {cp.name!r} is damaged: {cp.disk} has {st.st_size} "
+                              f"bytes, its manifest says {want.get('size')}",
                               hint=f"delete it with `shuru checkpoint delete {cp.name}`")
-    if sha256_file(cp.disk) != want.get("sha256"):
+    if _read_record(cp) == verified_record(st, want.get("sha256")):
+        return  # hashed since the file last changed
+    try:
+        digest = sha256_file(cp.disk)
+    except OSError as e:
+        raise CheckpointError(f"checkpoint {cp.name!r}: cannot read {cp.disk}: {e.strerror}"
+                              ) from None
+    if digest != want.get("sha256"):
         raise CheckpointError(f"checkpoint {cp.name!r} is damaged: {cp.disk} does not match "
                               "the sha256 in its manifest",
                               hint=f"delete it with `shuru checkpoint delete {cp.name}`")
+    _write_record(cp.path, verified_record(st, digest))  # the stat from before hashing
+
+
+def verified_record(st: os.stat_result, sha256: str | None) -> dict:
+    """What the disk looked like when its content hashed to `sha256`. Any write changes
+    mtime and ctime (ctime cannot be set back), a replaced file has another inode."""
+    return {"sha256": sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "ctime_ns": st.st_ctime_ns, "ino": st.st_ino, "dev": st.st_dev}
+
+
+def _read_record(cp: Checkpoint) -> dict | None:
+    try:
+        record = json.loads((cp.path / VERIFIED).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _write_record(path: Path, record: dict) -> None:
+    """Best effort (a read-only data dir just means hashing on every start); written with one
+    rename, so concurrent starts never read half a record."""
+    tmp = path / f".{VERIFIED}.{os.getpid()}"
+    try:
+        tmp.write_text(json.dumps(record) + "\n")
+        os.replace(tmp, path / VERIFIED)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 def chain(cp: Checkpoint, home: Path | None = None) -> list[Checkpoint]:
@@ -182,7 +227,9 @@ def save(overlay: Path, name: str, *, image: Image, parent: Checkpoint | None,
             # does not, so the checkpoint then stands on the image alone.
             _qemu_img("rebase", "-f", "qcow2", "-b", str(image.rootfs), "-F", "raw", str(disk))
             parent_name = None
-        os.chmod(disk, 0o444)
+        os.chmod(disk, 0o444)  # before the stat below: a chmod changes ctime
+        st = disk.stat()
+        digest = sha256_file(disk)
         manifest = {
             "format": FORMAT,
             "name": name,
@@ -191,9 +238,10 @@ def save(overlay: Path, name: str, *, image: Image, parent: Checkpoint | None,
             "image_rootfs_sha256": image.manifest["files"]["rootfs.img"]["sha256"],
             "virtual_size_mb": virtual_size_mb,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "disk": {"size": disk.stat().st_size, "sha256": sha256_file(disk)},
+            "disk": {"size": st.st_size, "sha256": digest},
         }
         (work / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        _write_record(work, verified_record(st, digest))
         if final.exists():
             old = root / f".old-{name}-{os.getpid()}"
             os.rename(final, old)

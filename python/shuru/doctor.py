@@ -86,14 +86,14 @@ def check_saved_states() -> Check:
 
 
 def check_runtime_dir() -> Check:
-    from .runtime import runtime_root
+    from .runtime import private_dir, runtime_root
 
     root = runtime_root()
     try:
-        root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        ok = os.access(root, os.W_OK)
-    except OSError:
-        ok = False
+        private_dir(root)  # owned by the user, mode 0700, not a symlink
+    except ShuruError as e:
+        return Check("runtime dir", False, e.message, e.hint or "")
+    ok = os.access(root, os.W_OK)
     return Check("runtime dir", ok, str(root),
                  "" if ok else "set SHURU_RUNTIME_DIR to a writable directory")
 

@@ -8,6 +8,8 @@ translated at the boundary with ``raise ... from``.
 
 from __future__ import annotations
 
+from .sanitize import neutralise
+
 
 class ShuruError(Exception):
     """Root of every error shuru raises. `hint` is the fix to suggest, if there is one."""
@@ -55,7 +57,7 @@ class BootError(ShuruError):
     """The VM did not come up. `console_tail` holds the last lines of its serial console."""
 
     def __init__(self, message: str, *, console_tail: str = "", hint: str | None = None):
-        self.console_tail = console_tail
+        self.console_tail = console_tail = neutralise(console_tail)  # guest text: see sanitize
         if console_tail:
             message = f"{message}\n--- console (last lines) ---\n{console_tail.rstrip()}\n---"
         super().__init__(message, hint=hint)
@@ -74,7 +76,7 @@ class SandboxDiedError(ShuruError):
     """The VM or its agent went away while a call was in flight."""
 
     def __init__(self, message: str, *, console_tail: str = ""):
-        self.console_tail = console_tail
+        self.console_tail = console_tail = neutralise(console_tail)  # guest text: see sanitize
         if console_tail:
             message = f"{message}\n--- console (last lines) ---\n{console_tail.rstrip()}\n---"
         super().__init__(message)

@@ -11,7 +11,11 @@ Owns the decision between restoring and booting, and the fallbacks:
   state is a cache; it never makes a start fail. Only a real boot failure does.
 
 `cold=True`, a backend without fast start, or custom boot files (no disk layer to key a
-state by) boot directly.
+state by) boot directly. An unsafe runtime directory fails the start before any of this.
+
+`prepare` saves a layer's state ahead of time: `checkpoint()` calls it, so the sandboxes
+started from a fresh checkpoint restore from the first one on, instead of all waiting on a
+cold boot.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import time
 import warnings
 from typing import Callable
 
-from . import snapshots
+from . import runtime, snapshots
 from .backends.base import MachineSpec
 from .channel import Channel
 from .errors import BootError, SandboxDiedError, ShuruError, ShuruWarning
@@ -120,11 +124,11 @@ def _warn(message: str) -> None:
 async def start(backend, spec: MachineSpec, layer: snapshots.Layer | None, *, cold: bool,
                 on_console: Callable[[bytes], None] | None = None) -> tuple[object, Channel]:
     """A running machine and its connected channel, restored when possible (see above)."""
+    # A runtime root that is not private fails here, before any warning about states.
+    runtime.private_dir(runtime.runtime_root())
     if cold or layer is None or not backend.capabilities.fast_start:
         return await cold_start(backend, spec, on_console)
-    ident = snapshots.identity(layer, cpus=spec.cpus, memory=spec.memory,
-                               disk_size=spec.disk_size, verbose_console=spec.verbose_console,
-                               machine=backend.machine_identity(spec))
+    ident = _identity(backend, spec, layer)
     reason = await _try_existing(backend, spec, layer, ident, on_console)
     if not isinstance(reason, str):
         return reason
@@ -160,3 +164,31 @@ async def _try_existing(backend, spec, layer, ident, on_console):
     except ShuruError as e:
         snapshots.discard(state.path)
         return f"the saved machine state failed to load ({e.message.splitlines()[0]})"
+
+
+def _identity(backend, spec: MachineSpec, layer: snapshots.Layer) -> dict:
+    return snapshots.identity(layer, cpus=spec.cpus, memory=spec.memory,
+                              disk_size=spec.disk_size, verbose_console=spec.verbose_console,
+                              machine=backend.machine_identity(spec))
+
+
+async def prepare(backend, spec: MachineSpec, layer: snapshots.Layer,
+                  on_console: Callable[[bytes], None] | None = None) -> snapshots.SavedState | None:
+    """Make sure `layer` has a usable state for `spec`, booting and saving one if it has
+    none, so that the next start restores. The state is a cache: a failure to make it is a
+    warning (the next start boots and tries again), never an error."""
+    if not backend.capabilities.fast_start:
+        return None
+    try:
+        ident = _identity(backend, spec, layer)
+        async with snapshots.building(layer, ident):
+            try:
+                found = snapshots.find(layer, ident)
+            except snapshots.StaleStateError:
+                snapshots.discard(layer.states_dir / snapshots.key(ident))
+                found = None
+            return found or await save(backend, spec, layer, ident, on_console)
+    except ShuruError as e:
+        _warn(f"could not save a machine state for {layer.describe()} "
+              f"({e.message.splitlines()[0]}); its first start will boot and save one")
+        return None

@@ -11,6 +11,7 @@ proxy, created before boot and attached after the handshake. The sync `Sandbox` 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import os
 from pathlib import Path
@@ -131,7 +132,8 @@ class AsyncSandbox:
 
                 self._net = NetworkSession(self.config.network, self.config.secrets)
             backend = default_backend(shuru_home())
-            spec = self._spec_used = self._spec()
+            # In a thread: a checkpoint's disk is hashed when it changed since last time.
+            spec = self._spec_used = await asyncio.to_thread(self._spec)
             self._machine, self._channel = await faststart.start(
                 backend, spec, self._layer, cold=self.config.cold, on_console=self._on_console)
             if self._net:
@@ -153,7 +155,9 @@ class AsyncSandbox:
 
     async def checkpoint(self, name: str, *, overwrite: bool = False) -> checkpoints.Checkpoint:
         """Sync the guest's filesystems, stop the VM and keep its disk as checkpoint `name`.
-        Start sandboxes from it with `start(from_=name)`; the sandbox is stopped after."""
+        Start sandboxes from it with `start(from_=name)`; the sandbox is stopped after. Then
+        the checkpoint's machine state is saved for this sandbox's machine size (unless it was
+        started `cold`), so the starts from it restore from the very first one."""
         channel = self._live_channel()
         checkpoints.check_name(name)
         if self._image is None:
@@ -171,7 +175,7 @@ class AsyncSandbox:
             await asyncio.wait_for(asyncio.shield(self._machine.exited), 60)
             layer = (self._spec_used.rootfs, self._spec_used.rootfs_format)
             backing = getattr(self._machine, "backing", layer)
-            return await asyncio.to_thread(
+            cp = await asyncio.to_thread(
                 checkpoints.save, self._machine.disk, name, image=self._image,
                 parent=self._parent, virtual_size_mb=self._disk_size, overwrite=overwrite,
                 rebase_onto=None if backing == layer else layer)
@@ -183,6 +187,15 @@ class AsyncSandbox:
                 await self._teardown()
             finally:
                 self.state = State.STOPPED
+        # Forks get the spec `_spec` gives `from_=name` with this sandbox's options; custom
+        # boot files give them no layer to restore from.
+        if not (self.config.cold or self.config.kernel or self.config.initrd):
+            spec = dataclasses.replace(self._spec_used, rootfs=cp.disk, rootfs_format="qcow2",
+                                       rootfs_size_mb=cp.virtual_size_mb,
+                                       disk_size=cp.virtual_size_mb)
+            await faststart.prepare(default_backend(shuru_home()), spec,
+                                    snapshots.Layer.of_checkpoint(cp), self._on_console)
+        return cp
 
     async def stop(self) -> None:
         """Stop the VM and discard its disk. Safe to call more than once."""

@@ -3,6 +3,8 @@
 With a TTY on stdin the local terminal goes raw, so every key (Ctrl-C included) goes to the
 guest's PTY, and window size changes follow. Without one, stdin is streamed to the command
 and its stdout/stderr come back on ours. Either way the command's exit status is returned.
+The serial console (`--console`) is the guest's too, so it is neutralised before it reaches
+the terminal (`sanitize`); the command's own output is passed through as it is, as ssh does.
 """
 
 from __future__ import annotations
@@ -18,20 +20,34 @@ import tty
 
 from .config import SandboxConfig
 from .sandbox import AsyncSandbox
+from .sanitize import StreamNeutraliser
 
 
-def _console_sink(chunk: bytes) -> None:
-    try:
-        os.write(2, chunk)
-    except OSError:
-        pass
+class _ConsoleSink:
+    """The VM's serial console on our stderr, its control sequences made harmless."""
+
+    def __init__(self) -> None:
+        self._safe = StreamNeutraliser()
+
+    def __call__(self, chunk: bytes) -> None:
+        self._write(self._safe.feed(chunk))
+
+    def close(self) -> None:
+        self._write(self._safe.flush())
+
+    @staticmethod
+    def _write(data: bytes) -> None:
+        try:
+            _write_all(2, data)
+        except OSError:
+            pass
 
 
 async def run_command(config: SandboxConfig, on_exit=None) -> int:
     """Run the config's command; `on_exit(sandbox)` runs after it, whatever happened
     (`--verbose` prints the network log there)."""
     interactive = os.isatty(0)
-    sink = _console_sink if config.console else None
+    sink = _ConsoleSink() if config.console else None
     sandbox = AsyncSandbox(config, on_console=sink)
     try:
         async with sandbox:
@@ -39,6 +55,8 @@ async def run_command(config: SandboxConfig, on_exit=None) -> int:
                 return await _interactive(sandbox, list(config.command))
             return await run_piped(sandbox, list(config.command))
     finally:
+        if sink is not None:
+            sink.close()
         if on_exit is not None:
             on_exit(sandbox)
 

@@ -2,6 +2,7 @@
 overwrite, chains and their flattening, deletion rules, damage detection."""
 
 import json
+import os
 import subprocess
 
 import pytest
@@ -101,3 +102,46 @@ def test_delete_rules_and_damage(home):
     ck.delete("b", home)
     ck.delete("a", home)
     assert ck.list_all(home) == []
+
+
+def test_an_unchanged_disk_is_hashed_once_a_changed_one_again(home, monkeypatch):
+    image = _image(home)
+    ck.save(_overlay(home, image.rootfs, "raw", b"a"), "a", image=image, parent=None,
+            virtual_size_mb=64, home=home)
+    hashed = []
+    real = ck.sha256_file
+    monkeypatch.setattr(ck, "sha256_file", lambda path: hashed.append(path) or real(path))
+    for _ in range(3):
+        cp = ck.load("a", home)  # verified at creation: no start hashes it again
+    assert hashed == []
+    record = json.loads((cp.path / ck.VERIFIED).read_text())
+    assert record["sha256"] == cp.manifest["disk"]["sha256"]
+    assert record["mtime_ns"] == cp.disk.stat().st_mtime_ns
+
+    # The same size, one byte changed, and the mtime put back: ctime still tells.
+    before = cp.disk.stat()
+    cp.disk.chmod(0o644)
+    with open(cp.disk, "r+b") as f:
+        f.seek(100)
+        f.write(b"\xff")
+    os.utime(cp.disk, ns=(before.st_atime_ns, before.st_mtime_ns))
+    with pytest.raises(ck.CheckpointError, match="does not match the sha256"):
+        ck.load("a", home)
+    assert hashed == [cp.disk]
+    with pytest.raises(ck.CheckpointError, match="does not match the sha256"):
+        ck.load("a", home)  # and a damaged disk never gets a record that would pass it
+    assert len(hashed) == 2
+
+
+def test_a_touched_but_intact_disk_is_hashed_once_more(home, monkeypatch):
+    image = _image(home)
+    cp = ck.save(_overlay(home, image.rootfs, "raw", b"a"), "a", image=image, parent=None,
+                 virtual_size_mb=64, home=home)
+    (cp.path / ck.VERIFIED).unlink()  # as a checkpoint made before the record existed
+    os.utime(cp.disk)
+    hashed = []
+    real = ck.sha256_file
+    monkeypatch.setattr(ck, "sha256_file", lambda path: hashed.append(path) or real(path))
+    ck.load("a", home)
+    ck.load("a", home)
+    assert hashed == [cp.disk]

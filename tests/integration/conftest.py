@@ -36,6 +36,7 @@ def runtime_dir(tmp_path, monkeypatch):
     """A private runtime root, so a test can see exactly what its sandboxes leave behind."""
     path = Path(f"/tmp/shuru-test-{os.getpid()}-{tmp_path.name[-12:]}")
     path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)  # a runtime root must be private to its user, or shuru refuses it
     monkeypatch.setenv("SHURU_RUNTIME_DIR", str(path))
     yield path
     shutil.rmtree(path, ignore_errors=True)

@@ -5,10 +5,11 @@ import asyncio
 import json
 import shutil
 import uuid
+import warnings
 
 import pytest
 
-from shuru import AsyncSandbox
+from shuru import AsyncSandbox, snapshots
 from shuru import checkpoints as ck
 
 from .conftest import shuru
@@ -38,14 +39,21 @@ async def test_fan_out_isolated_forks_and_an_unchanged_checkpoint(names):
     assert sb.state.value == "stopped"
     assert cp.parent is None and cp.manifest["image_id"]
     before = dict(cp.manifest["disk"])
+    # checkpoint() left the machine state its forks restore: none of them boots cold.
+    saved = snapshots.list_layer(snapshots.Layer.of_checkpoint(cp))
+    assert len(saved) == 1
 
     async def fork(i: int) -> str:
         async with await AsyncSandbox.start(from_=ready) as s:
+            assert s.restored and s._machine.restored_from.parent == saved[0].path
             await s.exec(f"echo {i} > /work/mine-{i} && cat /work/repo/HEAD >> /work/mine-{i}")
             return (await s.exec("cat /usr/local/bin/tool-version; ls /work; "
                                  "cat /work/repo/objects/ab/cd")).stdout
 
-    outputs = await asyncio.gather(*(fork(i) for i in range(4)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        outputs = await asyncio.gather(*(fork(i) for i in range(4)))
+    assert not [w for w in caught if "machine state" in str(w.message)]
     for i, out in enumerate(outputs):
         lines = out.split()
         assert lines[0] == "tool-v1" and lines[-1] == "blob"

@@ -8,6 +8,8 @@ import subprocess
 
 import pytest
 
+from shuru.image import shuru_home
+
 from .conftest import SHURU, shuru
 
 pytestmark = pytest.mark.usefixtures("image")
@@ -112,11 +114,15 @@ def test_no_qemu_survives_sigkill_of_the_cli(runtime_dir):
     cli.send_signal(signal.SIGKILL)
     cli.wait()
     _wait_gone(qemu[0], timeout=30)
-    # Its run dir is left (the owner could not clean up), and the next start sweeps it.
+    # Its run dirs are left (the owner could not clean up), and the next start sweeps them:
+    # the one in the runtime dir and the one with its disk overlay under the data dir.
     assert len(list(runtime_dir.iterdir())) == 1
+    disks = [d for d in (shuru_home() / "run").iterdir() if (d / "disk.qcow2").exists()]
+    assert disks
     r = shuru("run", "--", "true")
     assert r.returncode == 0
     assert list(runtime_dir.iterdir()) == []
+    assert not any(d.exists() for d in disks)
 
 
 def _children_named(ppid: int, name: str) -> list[int]:

@@ -20,3 +20,8 @@ def test_a_panic_before_the_tail_is_kept():
         f"trace {i}\n" for i in range(30))
     out = tail_of(text).splitlines()
     assert out[0].startswith("Kernel panic") and out[-1] == "trace 29" and len(out) == 31
+
+
+def test_control_sequences_in_the_tail_are_neutralised():
+    out = tail_of("ok\r\n\x1b]52;c;aGk=\x07\x1b[2Jgone\r\n")
+    assert out == "ok\n\\x1b]52;c;aGk=\\x07\\x1b[2Jgone"

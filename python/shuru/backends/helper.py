@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import BootError, ConfigError, HostError, ProtocolError, SandboxDiedError, ShuruError
-from ..runtime import RunDir, die_with_parent
+from ..runtime import RunDir, die_with_parent, disk_root
+from ..sanitize import neutralise
 from . import helper_protocol as hp
 from .base import Capabilities, MachineSpec
 
@@ -322,7 +323,7 @@ class HelperMachine:
         self.accel = Driver(reply.get("driver", "?"), reply.get("helper", "?"))
         disk = spec.rootfs
         if self.accel.name != "process":  # the process driver runs no VM, so needs no disk
-            disk = self.rundir / "disk.img"
+            disk = self.rundir.disk_dir / "disk.img"  # on disk, not in the runtime dir
             await clone_disk(spec.rootfs, disk, spec.disk_size)
         await self._call("create", "create the VM",
                          config=machine_config(spec, disk=disk, driver=self.accel.name))
@@ -432,7 +433,7 @@ class HelperMachine:
                 self.agent[1].close()
 
     def console_tail(self, lines: int = 40) -> str:
-        return "\n".join(list(self._console)[-lines:])
+        return neutralise("\n".join(list(self._console)[-lines:]))  # guest text: see sanitize
 
     # ---- stop ----------------------------------------------------------------------------
 
@@ -484,7 +485,9 @@ class HelperBackend:
                     on_console: Callable[[bytes], None] | None = None) -> HelperMachine:
         binary = find_helper()
         spec.check_files()
-        machine = HelperMachine(binary, RunDir.create(), on_console)
+        # The VM's disk grows with what the guest writes: it goes under the data dir.
+        rundir = RunDir.create(disk_root=disk_root(self.data_dir) if self.driver == "vz" else None)
+        machine = HelperMachine(binary, rundir, on_console)
         try:
             await machine.launch(self.driver)
             await machine.boot(spec)

@@ -28,7 +28,8 @@ from typing import Callable
 from .. import accel as accel_mod
 from ..errors import BootError, HostError
 from ..qmp import QMP
-from ..runtime import RunDir, die_with_parent
+from ..runtime import RunDir, die_with_parent, disk_root
+from ..sanitize import neutralise
 from .base import Capabilities, MachineSpec
 
 AGENT_PORT = "org.shuru.agent"
@@ -196,7 +197,7 @@ class QemuMachine:
                  on_console: Callable[[bytes], None] | None, listeners: list[_Listener],
                  *, disk: Path, backing: tuple[Path, str], cmdline: str):
         self.rundir = rundir
-        self.disk = disk  # the VM's own overlay (in the run dir unless it is a template's)
+        self.disk = disk  # the VM's own overlay (in the run's disk dir unless a template's)
         self.backing = backing  # (path, format) the overlay stands on
         self.cmdline = cmdline
         self.restored_from: Path | None = None  # the state file, for a restored clone
@@ -226,8 +227,9 @@ class QemuMachine:
 
     def console_tail(self, lines: int = 40) -> str:
         """The console's last `lines` lines; if the kernel panicked before them, from the
-        panic line on (at most 100 lines), since that line says why the VM died."""
-        text = b"".join(self._console).decode("utf-8", "replace").replace("\r\n", "\n")
+        panic line on (at most 100 lines), since that line says why the VM died. Control
+        sequences are neutralised: it is guest text bound for a terminal."""
+        text = neutralise(b"".join(self._console).decode("utf-8", "backslashreplace"))
         all_lines = text.rstrip("\n").splitlines()
         start = max(0, len(all_lines) - lines)
         panic = next((i for i in range(len(all_lines) - 1, -1, -1)
@@ -280,7 +282,7 @@ class QemuMachine:
         await self.qmp.execute("cont")
 
     async def stop(self) -> None:
-        """Kill QEMU and remove the run directory (a run-dir overlay goes with it)."""
+        """Kill QEMU and remove the run directories (the run's own overlay goes with them)."""
         if self._stopped:
             return
         self._stopped = True
@@ -363,11 +365,13 @@ class QemuBackend:
         accel = self._accel(spec)
         base_path, base_format, base_size_mb = base or (spec.rootfs, spec.rootfs_format,
                                                        spec.rootfs_size_mb)
-        rundir = RunDir.create()
+        # The overlay grows with what the guest writes, so it goes on disk, not in the
+        # runtime dir (usually a tmpfs: RAM). A template's overlay is given (its state dir).
+        rundir = RunDir.create(disk_root=None if overlay else disk_root(self.data_dir))
         listeners: list[_Listener] = []
         proc = None
         try:
-            paths = RunPaths.inside(rundir.path, overlay)
+            paths = RunPaths.inside(rundir.path, overlay or rundir.disk_dir / "disk.qcow2")
             await create_overlay(base_path, paths.overlay, spec.disk_size,
                                  base_format=base_format, base_size_mb=base_size_mb)
             listeners = [_Listener() for _ in range(3)]
