@@ -98,7 +98,9 @@ class Watcher:
 
     def expire(self, now: float) -> list[dict]:
         """Deletes for moves whose other half did not come within MOVE_WAIT."""
-        gone = [c for c, (_, seen) in self._moves.items() if now - seen >= MOVE_WAIT]
+        # Compared as `deadline()` computes it: `now - seen >= MOVE_WAIT` can be false at
+        # the deadline itself by a rounding error, and the agent would spin until it is not.
+        gone = [c for c, (_, seen) in self._moves.items() if now >= seen + MOVE_WAIT]
         return [{"kind": "delete", "path": self._moves.pop(c)[0]} for c in gone]
 
     def deadline(self) -> float | None:
