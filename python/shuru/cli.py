@@ -138,6 +138,9 @@ def run(
         [], "--secret", help="NAME=HOST_ENV_VAR@host1,host2: the guest sees a placeholder in "
                              "$NAME; the proxy sends the real value to those hosts only"),
     verbose: bool = typer.Option(False, "--verbose", help="Print the network log at exit"),
+    port: List[str] = typer.Option(
+        [], "-p", "--port", help="HOST:GUEST: forward 127.0.0.1:HOST on this machine to port "
+                                 "GUEST in the sandbox (no network needed); repeatable"),
 ):
     """Start a fresh sandbox and run a command in it (default: an interactive shell)."""
     from .sandbox import resolve_config
@@ -150,10 +153,17 @@ def run(
                       command=list(command) if command else None)
     if allow_net is not None or allow_host or secret:
         flags.update(cli_layer(**network_flags(allow_net, allow_host, secret)))
+    if port:
+        from . import ports
+
+        flags["ports"] = ports.parse_flags(port)
     config_file = cfg.find_config_file(config, Path.cwd())
     resolved = resolve_config(flags, config_file)
     on_exit = print_network_log if verbose else None
-    code = asyncio.run(terminal.run_command(resolved, on_exit=on_exit))
+    try:
+        code = asyncio.run(terminal.run_command(resolved, on_exit=on_exit))
+    except ConfigError as e:  # a host port in use: say it as the user wrote it (-p)
+        raise (ports.relabel(e) if port else e) from None
     raise typer.Exit(code)
 
 
