@@ -213,7 +213,8 @@ async def relay(stream: PortStream, reader: asyncio.StreamReader,
         # A side that failed (or a guest reset) ends both at once. One that ended cleanly
         # leaves the other running: a half-close, as TCP has it.
         if not any(_failed(t) for t in (up_task, down_task) if t.done()):
-            await asyncio.wait(pending)
+            if pending:
+                await asyncio.wait(pending)
             clean = not _failed(up_task) and not _failed(down_task)
     finally:
         for task in (up_task, down_task):
