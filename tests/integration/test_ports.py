@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
 import socket
 import subprocess
 import urllib.error
@@ -175,13 +176,20 @@ def test_cli_run_with_p_forwards_while_the_command_runs(runtime_dir):
     port = free_port()
     script = ("mkdir -p /srv/www && echo served-by-cli > /srv/www/index.txt && cd /srv/www "
               "|| exit 1; python3 -u -m http.server 8000 --bind 127.0.0.1 & read line; kill $!")
-    proc = subprocess.Popen([SHURU, "run", "-p", f"{port}:8000", "--", "sh", "-c", script],
+    proc = subprocess.Popen([SHURU, "run", "-p", f"{port}:8000", "-p", "8000", "--",
+                             "sh", "-c", script],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     try:
+        # `-p 8000` got a free host port, which the CLI says on stderr before the command.
+        while (note := proc.stderr.readline().decode()) and "shuru: port" not in note:
+            pass
+        free = re.fullmatch(r"shuru: port 127\.0\.0\.1:(\d+) -> 8000 in the sandbox\n", note)
+        assert free, note
         line = proc.stdout.readline().decode()  # http.server's "Serving HTTP on ..."
         assert "Serving HTTP" in line, (line, proc.stderr.read().decode() if not line else "")
         assert fetch(f"http://127.0.0.1:{port}/index.txt") == "served-by-cli\n"
+        assert fetch(f"http://127.0.0.1:{free[1]}/index.txt") == "served-by-cli\n"
         proc.stdin.close()  # `read line` returns; the server is killed; the command ends
         assert proc.wait(timeout=120) == 0, proc.stderr.read().decode()
     finally:
