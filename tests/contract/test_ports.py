@@ -256,3 +256,24 @@ def test_wire_schema_knows_tcp_connect():
         {"t": "tcp_connect", "s": 3, "port": 8000}]
     with pytest.raises(wire.WireError):
         wire.FrameDecoder().feed(wire.message("tcp_connect", 3, port="8000"))
+
+
+# ---- a hostile guest (raw frames, no agent) -------------------------------------------------
+# (The window a guest may send within is the same code as for guest-opened streams, tested in
+# test_guest_streams.)
+
+from tests.contract.test_guest_streams import pair  # noqa: E402,F401  (the fixture)
+
+
+async def test_a_guest_answering_nonsense_does_not_open_the_connection(pair):
+    ch, guest = pair
+    fw = PortForwards()
+    fw.attach(ch)
+    connecting = asyncio.create_task(fw.connect(8000))
+    await guest.expect("tcp_connect", 1)
+    await guest.send("started", 1, pid=5)  # not an answer to tcp_connect: ignored
+    await guest.send("error", 1, code="EACCES", message="no")
+    with pytest.raises(PortError, match="cannot connect to port 8000.*no") as e:
+        await asyncio.wait_for(connecting, TIMEOUT)
+    assert e.value.code == "EACCES"
+    await fw.close()
