@@ -155,6 +155,23 @@ async def test_big_transfer_both_ways_within_credit(forwards, agent):
     assert agent.channel.is_open
 
 
+async def test_many_connections_at_once_through_one_listener(forwards):
+    async with Server(echo) as server:
+        address = await forwards.expose(server.port)
+
+        async def one(i: int) -> bytes:
+            reader, writer = await asyncio.open_connection(*address)
+            writer.write(b"%d" % i * 1000)
+            writer.write_eof()
+            got = await read_all(reader)
+            writer.close()
+            return got
+
+        got = await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(64))), 60)
+    assert got == [b"%d" % i * 1000 + b"[%d bytes]" % (len(b"%d" % i) * 1000)
+                   for i in range(64)]
+
+
 async def test_listener_forwards_each_connection_and_unexpose_closes_it(forwards):
     async with Server(echo) as server:
         address = await forwards.expose(server.port)

@@ -1,6 +1,7 @@
 """Port forwarding on real VMs: servers in the guest reached from the host through `ports=`,
 `expose`, `connect` and `shuru run -p`, with networking off (no NIC is involved) and on a
-restored sandbox (the default start). One sandbox serves every SDK test in the module."""
+restored sandbox (the default start) and on a cold-booted one. One sandbox of each serves every
+SDK test in the module."""
 
 from __future__ import annotations
 
@@ -65,10 +66,11 @@ async def wait_for_line(proc, needle: str) -> None:
 HOST_PORT = free_port()
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def sb():
-    sandbox = await AsyncSandbox.start(ports=[f"{HOST_PORT}:8000"])
-    assert sandbox.restored and not sandbox.config.allow_net
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=["restored", "cold"])
+async def sb(request):
+    cold = request.param == "cold"
+    sandbox = await AsyncSandbox.start(ports=[f"{HOST_PORT}:8000"], cold=cold)
+    assert sandbox.restored is not cold and not sandbox.config.allow_net
     await sandbox.files.write("/srv/www/hello.txt", PAGE)
     # The plain module as a user would start it (all interfaces, the default); -u so its
     # "Serving HTTP" line comes out as soon as it listens.
