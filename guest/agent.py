@@ -24,7 +24,7 @@ import sys
 import termios
 import time
 
-from . import fsops, netcap, wire
+from . import fsops, netcap, portfwd, wire
 
 AGENT_VERSION = "0.1.0"
 # After a process exits, its output pipes may stay open because a background child inherited
@@ -124,6 +124,7 @@ class Agent:
         self.writers: dict[int, FileWriter] = {}
         self.watchers: dict[int, object] = {}
         self.net = netcap.Capture(self.send, self.forget_fd)  # idle until the host enables it
+        self.ports = portfwd.Forwards(self.send, self.forget_fd)  # host-opened tcp_connect
         self.connected = False
         self.running = True
         self.shutdown_requested = False
@@ -243,6 +244,10 @@ class Agent:
             self.start_net(s, msg)
         elif self.net.owns(s):
             self.net.message(t, s, msg)
+        elif t == "tcp_connect":
+            self.ports.open(s, msg)
+        elif self.ports.owns(s):
+            self.ports.message(t, s, msg)
         elif s in self.readers or s in self.writers or s in self.watchers:
             self.file_stream_message(t, s, msg)
         else:
@@ -291,6 +296,7 @@ class Agent:
         self.groups.clear()
         self.procs.clear()
         self.net.shutdown()
+        self.ports.shutdown()
 
     def resume(self, msg: dict) -> None:
         """A restored clone's first frame: make this machine unique (RNG, clock), then greet
@@ -567,6 +573,7 @@ class Agent:
                 for watcher in self.watchers.values():
                     want[watcher.fd] = selectors.EVENT_READ
             want.update(self.net.interest(backed_up))
+            want.update(self.ports.interest(backed_up))
         return want
 
     def update_registrations(self) -> None:
@@ -633,7 +640,7 @@ class Agent:
             self.flush()
 
     def service_fd(self, fd: int, events: int) -> None:
-        if self.net.service(fd, events):
+        if self.net.service(fd, events) or self.ports.service(fd, events):
             return
         for s, watcher in list(self.watchers.items()):
             if watcher.fd == fd:

@@ -73,6 +73,8 @@ SCHEMA: dict[str, dict[str, object]] = {
     "connect": {"ip": _STR, "port": _INT},
     "dns": {"d": _BIN},
     "close": {},
+    # port forwarding: the host opens an odd stream to a TCP port on the guest's loopback
+    "tcp_connect": {"port": _INT},
 }
 
 _UNPACK_LIMITS = dict(

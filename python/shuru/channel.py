@@ -428,9 +428,10 @@ class Channel:
                                         console_tail=self._describe_death()))
             raise self.closed_error() from None
 
-    def open_stream(self) -> Stream:
+    def open_stream(self, factory=Stream) -> Stream:
+        """A new host-opened stream; `factory(channel, id)` makes it (a Stream subclass)."""
         self.check_open()
-        stream = Stream(self, next(self._ids))
+        stream = factory(self, next(self._ids))
         self.streams[stream.id] = stream
         return stream
 

@@ -107,6 +107,15 @@ def print_network_log(sandbox) -> None:
         print(f"shuru: net: {format_event(event)}", file=sys.stderr)
 
 
+def print_free_ports(sandbox) -> None:
+    """`-p GUEST` forwards get a free host port: say which, since nobody chose it."""
+    chosen = {int(spec.split(":")[0]) for spec in sandbox.config.ports if ":" in spec}
+    for fwd in sandbox.ports:
+        if fwd.host_port not in chosen:
+            print(f"shuru: port {fwd.host}:{fwd.host_port} -> {fwd.guest_port} in the sandbox",
+                  file=sys.stderr, flush=True)
+
+
 @app.command(context_settings={"allow_interspersed_args": False})
 @handle_errors
 def run(
@@ -138,6 +147,10 @@ def run(
         [], "--secret", help="NAME=HOST_ENV_VAR@host1,host2: the guest sees a placeholder in "
                              "$NAME; the proxy sends the real value to those hosts only"),
     verbose: bool = typer.Option(False, "--verbose", help="Print the network log at exit"),
+    port: List[str] = typer.Option(
+        [], "-p", "--port", help="HOST:GUEST: forward 127.0.0.1:HOST on this machine to port "
+                                 "GUEST in the sandbox (no network needed; GUEST alone: a "
+                                 "free host port, printed on stderr); repeatable"),
 ):
     """Start a fresh sandbox and run a command in it (default: an interactive shell)."""
     from .sandbox import resolve_config
@@ -150,10 +163,18 @@ def run(
                       command=list(command) if command else None)
     if allow_net is not None or allow_host or secret:
         flags.update(cli_layer(**network_flags(allow_net, allow_host, secret)))
+    if port:
+        from . import ports
+
+        flags["ports"] = ports.parse_flags(port)
     config_file = cfg.find_config_file(config, Path.cwd())
     resolved = resolve_config(flags, config_file)
     on_exit = print_network_log if verbose else None
-    code = asyncio.run(terminal.run_command(resolved, on_exit=on_exit))
+    try:
+        code = asyncio.run(terminal.run_command(resolved, on_exit=on_exit,
+                                                on_start=print_free_ports))
+    except ConfigError as e:  # a host port in use: say it as the user wrote it (-p)
+        raise (ports.relabel(e) if port else e) from None
     raise typer.Exit(code)
 
 

@@ -48,6 +48,7 @@ class SandboxConfig:
     allow_net: bool = False
     network: Mapping[str, Any] = field(default_factory=dict)  # {allow: [...], resolve: {...}}
     secrets: Mapping[str, Any] = field(default_factory=dict)  # {NAME: {from, hosts}}
+    ports: tuple[str, ...] = ()  # forwards, "HOST:GUEST" or "GUEST" (see shuru.ports)
 
     def with_(self, **changes) -> "SandboxConfig":
         return replace(self, **changes)
@@ -130,6 +131,12 @@ def _secrets(name: str, value: Any) -> list[str]:
     return _relabel(network_problems(None, value), "secrets", name)
 
 
+def _ports(name: str, value: Any) -> list[str]:
+    from .ports import spec_problems
+
+    return spec_problems(name, value)
+
+
 def _relabel(problems: list[str], field_name: str, label: str) -> list[str]:
     if label == field_name:
         return problems
@@ -154,6 +161,7 @@ CHECKS = {
     "allow_net": _bool,
     "network": _network,
     "secrets": _secrets,
+    "ports": _ports,
 }
 # Config files and flags say `from`; Python cannot use it as a keyword argument.
 ALIASES = {"from": "from_"}
@@ -191,6 +199,10 @@ def validate(values: Mapping[str, Any], *, source: str | None = None,
             value = {k: (list(v) if k == "allow" else dict(v)) for k, v in value.items()}
         elif name == "secrets":
             value = {k: {"from": v["from"], "hosts": list(v["hosts"])} for k, v in value.items()}
+        elif name == "ports":
+            from .ports import normalize
+
+            value = normalize(value)
         out[name] = value
     if problems:
         raise ConfigError(problems, source=source)

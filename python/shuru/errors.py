@@ -118,3 +118,14 @@ class GuestFileNotFoundError(GuestFileError):
 
 class GuestPermissionError(GuestFileError):
     pass
+
+
+class PortError(ShuruError):
+    """A port forward failed: a host port in use, or nothing listening on the guest port.
+    `port` is the port concerned, `code` the errno name the guest reported, if any."""
+
+    def __init__(self, message: str, *, port: int | None, code: str | None = None,
+                 hint: str | None = None):
+        self.port = port
+        self.code = code
+        super().__init__(message, hint=hint)

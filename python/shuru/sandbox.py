@@ -72,6 +72,7 @@ class AsyncSandbox:
         self._spec_used: MachineSpec | None = None
         self._disk_size = self.config.disk_size
         self._net = None  # guestnet.NetworkSession with allow_net
+        self._ports = None  # ports.PortForwards: listeners bound before boot
         self.files = Files(self._live_channel)
 
     # ---- lifecycle ---------------------------------------------------------------------
@@ -84,8 +85,9 @@ class AsyncSandbox:
         workdir, kernel, rootfs, initrd, accel, `from_`: a checkpoint to start from, `cold=True`
         to boot instead of restoring saved machine state, and the network: `allow_net=True`,
         `network={"allow": [...], "resolve": {...}}`, `secrets={NAME: {"from": HOST_ENV_VAR,
-        "hosts": [...]}}`); `config` names a config file; `timeout` stops the sandbox after
-        that many seconds."""
+        "hosts": [...]}}`), and forwards `ports=["8080:8000"]` (HOST:GUEST, or GUEST for a
+        free host port; see `expose`); `config` names a config file; `timeout` stops the
+        sandbox after that many seconds."""
         sandbox = cls(resolve_config(options, config), on_console=on_console)
         await sandbox._boot()
         if timeout is not None:
@@ -131,6 +133,10 @@ class AsyncSandbox:
                 from .guestnet import NetworkSession
 
                 self._net = NetworkSession(self.config.network, self.config.secrets)
+            from .ports import PortForwards
+
+            self._ports = PortForwards()
+            await self._ports.bind_all(self.config.ports)  # a port in use fails before boot
             backend = default_backend(shuru_home())
             # In a thread: a checkpoint's disk is hashed when it changed since last time.
             spec = self._spec_used = await asyncio.to_thread(self._spec)
@@ -138,6 +144,7 @@ class AsyncSandbox:
                 backend, spec, self._layer, cold=self.config.cold, on_console=self._on_console)
             if self._net:
                 await self._net.attach(self._channel, Files(lambda: self._channel))
+            self._ports.attach(self._channel)
             self._machine.exited.add_done_callback(self._on_machine_exit)
             self.state = State.RUNNING
         except BaseException:
@@ -210,6 +217,8 @@ class AsyncSandbox:
     async def _teardown(self) -> None:
         if self._timeout_task and self._timeout_task is not asyncio.current_task():
             self._timeout_task.cancel()
+        if self._ports:
+            await self._ports.close()
         if self._net:
             await self._net.close()
         if self._channel:
@@ -288,6 +297,36 @@ class AsyncSandbox:
         ({time, event, host, ip, port, reason?, secrets?, bytes_up?, bytes_down?}); secret
         names only, never values. Empty without allow_net."""
         return self._net.log() if self._net else []
+
+    # ---- ports -------------------------------------------------------------------------
+
+    async def expose(self, guest_port: int, host_port: int | None = None):
+        """Forward 127.0.0.1:`host_port` on the host (a free port when None) to
+        127.0.0.1:`guest_port` in the sandbox; returns the host `Address` (host, port).
+        No network device is involved. PortError if the host port is in use."""
+        self._live_channel()
+        return await self._ports.expose(guest_port, host_port)
+
+    async def unexpose(self, guest_port: int, host_port: int | None = None) -> None:
+        """Stop forwarding to `guest_port` (only from `host_port` if given): the listener
+        and the connections it accepted are closed."""
+        self._live_channel()
+        await self._ports.unexpose(guest_port, host_port)
+
+    async def connect(self, guest_port: int):
+        """Connect to 127.0.0.1:`guest_port` in the sandbox without a host listener:
+        an asyncio (StreamReader, StreamWriter) pair (the sync `Sandbox` returns a socket).
+        PortError at once if nothing listens there."""
+        return await asyncio.open_connection(sock=await self._connect_socket(guest_port))
+
+    async def _connect_socket(self, guest_port: int):
+        self._live_channel()
+        return await self._ports.connect(guest_port)
+
+    @property
+    def ports(self) -> list:
+        """The forwards listening now: `Forward(host, host_port, guest_port)`s."""
+        return self._ports.forwards if self._ports else []
 
     @property
     def accel(self) -> str | None:

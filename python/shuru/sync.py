@@ -197,6 +197,18 @@ class Sandbox:
         """The network audit log; see `AsyncSandbox.network_log`."""
         return self._runner.run(_call(self._async.network_log))
 
+    @property
+    def ports(self) -> list:
+        """The forwards listening now; see `AsyncSandbox.ports`."""
+        return self._runner.run(_call(lambda: self._async.ports))
+
+    def connect(self, guest_port: int):
+        """Connect to 127.0.0.1:`guest_port` in the sandbox: a connected, blocking
+        `socket.socket` (asyncio streams would belong to the sandbox's private loop)."""
+        sock = self._runner.run(self._async._connect_socket(guest_port))
+        sock.setblocking(True)
+        return sock
+
     def stop(self) -> None:
         """Stop the VM and discard its disk. Safe to call more than once."""
         if self._runner.loop.is_closed():
@@ -222,4 +234,4 @@ class Sandbox:
 
 
 Sandbox.start.__func__.__signature__ = inspect.signature(AsyncSandbox.start.__func__)
-_mirror(Sandbox, AsyncSandbox, skip=("start", "stop"))
+_mirror(Sandbox, AsyncSandbox, skip=("start", "stop", "connect"))

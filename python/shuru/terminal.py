@@ -43,14 +43,17 @@ class _ConsoleSink:
             pass
 
 
-async def run_command(config: SandboxConfig, on_exit=None) -> int:
-    """Run the config's command; `on_exit(sandbox)` runs after it, whatever happened
+async def run_command(config: SandboxConfig, on_exit=None, on_start=None) -> int:
+    """Run the config's command; `on_start(sandbox)` runs once it is up (the free host ports
+    forwards got are printed there), `on_exit(sandbox)` after it, whatever happened
     (`--verbose` prints the network log there)."""
     interactive = os.isatty(0)
     sink = _ConsoleSink() if config.console else None
     sandbox = AsyncSandbox(config, on_console=sink)
     try:
         async with sandbox:
+            if on_start is not None:
+                on_start(sandbox)
             if interactive:
                 return await _interactive(sandbox, list(config.command))
             return await run_piped(sandbox, list(config.command))
