@@ -16,19 +16,10 @@ from dataclasses import dataclass, field
 from typing import Mapping
 from urllib.parse import unquote, urlsplit
 
-from ..errors import ConfigError, ShuruError
+from ..errors import ConfigError, UpstreamError
 from . import names
 
 CONNECT_TIMEOUT = 10.0
-
-
-class UpstreamError(ShuruError):
-    """A connection to a real host could not be made. `host` and `port` say which."""
-
-    def __init__(self, message: str, *, host: str, port: int):
-        super().__init__(message)
-        self.host = host
-        self.port = port
 
 
 @dataclass(frozen=True)
