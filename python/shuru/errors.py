@@ -100,8 +100,9 @@ class ExecError(ShuruError):
 
 
 class ExecTimeoutError(ShuruError, TimeoutError):
-    """A command ran past its timeout; its process group was killed. Carries partial output.
-    Also a `TimeoutError` (errno ETIMEDOUT)."""
+    """A command ran past its timeout: from `exec`, its process group was killed and the
+    error carries the partial output; from `Process.wait(timeout=)`, the process is still
+    running. Also a `TimeoutError` (errno ETIMEDOUT)."""
 
     def __init__(self, message: str, *, stdout: bytes = b"", stderr: bytes = b"", timeout: float):
         self.stdout = stdout
