@@ -168,7 +168,10 @@ class Files:
                 raise
             await stream.send("eof", fd=0)
             result = await answer
-            return int(result.get("size", 0)) if isinstance(result, dict) else 0
+            size = result.get("size", 0) if isinstance(result, dict) else 0
+            if isinstance(size, bool) or not isinstance(size, int):
+                raise ProtocolError(f"guest answered a write of {path} with size {size!r}")
+            return size
         finally:
             stream.close()
 
