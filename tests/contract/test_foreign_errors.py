@@ -118,6 +118,7 @@ class Peer:
             if msg.get("stdin") is False:  # an exec without stdin: it "ran" and is done
                 self.send("exit", s, code=0, signal=None)
         elif t == "fs":
+            self.send("eof", s, fd=1)  # what ends a streamed listing, before the result
             self.send("result", s, value=NONSENSE.get(msg["op"], [None]))
         elif t == "read":
             self.send("data", s, fd=1, d=b"x")
