@@ -1,13 +1,16 @@
 """Errors a Python user expects, and users made in the guest, against one real VM: guest file
 errors are the builtin OSError subclasses (and name the guest path), an exec timeout is a
-TimeoutError, and `exec(user=...)` runs as users made with useradd or adduser."""
+TimeoutError, `exec(user=...)` runs as users made with useradd or adduser, and
+`start(lifetime=)` stops the sandbox."""
+
+import asyncio
 
 import pytest
 import pytest_asyncio
 
 from shuru import (AsyncSandbox, ExecError, ExecTimeoutError, GuestFileError,
                    GuestFileExistsError, GuestFileNotFoundError, GuestIsADirectoryError,
-                   GuestNotADirectoryError, GuestPermissionError)
+                   GuestNotADirectoryError, GuestPermissionError, SandboxStateError, State)
 
 pytestmark = [pytest.mark.usefixtures("image"), pytest.mark.asyncio(loop_scope="module")]
 
@@ -66,3 +69,15 @@ async def test_exec_as_users_made_in_the_guest(sb):
     assert r.stdout.strip() == "/"
     with pytest.raises(ExecError, match="no-such-user"):
         await sb.exec("true", user="no-such-user")
+
+
+async def test_lifetime_stops_the_sandbox():
+    sandbox = await AsyncSandbox.start(cpus=1, memory=1024, lifetime=2)
+    try:
+        assert (await sandbox.exec("true")).ok
+        await asyncio.wait_for(sandbox._timeout_task, 120)  # the lifetime's own timer
+        assert sandbox.state == State.STOPPED
+        with pytest.raises(SandboxStateError, match="stopped"):
+            await sandbox.exec("true")
+    finally:
+        await sandbox.stop()
