@@ -28,7 +28,8 @@ def _all_modules():
 
 
 def test_every_error_class_is_defined_in_errors_and_exported():
-    defined = {cls for module in _all_modules() for _, cls in inspect.getmembers(module, inspect.isclass)
+    defined = {cls for module in _all_modules()
+               for _, cls in inspect.getmembers(module, inspect.isclass)
                if issubclass(cls, ShuruError)}
     assert {cls.__module__ for cls in defined} == {"shuru.errors"}, \
         sorted(f"{c.__module__}.{c.__name__}" for c in defined if c.__module__ != "shuru.errors")
