@@ -682,6 +682,10 @@ def spawn(stream: int, argv: list[str], env: dict, msg: dict) -> Proc:
         full_env["TERM"] = "xterm-256color"
     full_env.update(env)
     workdir = cwd or full_env.get("HOME") or "/"
+    if not cwd and not os.path.isdir(workdir):
+        # As login(1) does: a user made with plain `useradd` (no -m) has a home that does
+        # not exist; start in / rather than refusing to run anything as them.
+        workdir = "/"
 
     if tty:
         master, slave = os.openpty()

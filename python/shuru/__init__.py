@@ -5,16 +5,17 @@
         print(sb.exec("cat /etc/os-release").stdout)
 
 `AsyncSandbox` is the implementation; `Sandbox` is its synchronous twin. Every error is a
-`ShuruError`.
+`ShuruError`; every error class is exported here.
 """
 
 from importlib.metadata import PackageNotFoundError, version as _version
 
-from .errors import (BootError, ConfigError, ExecError, ExecTimeoutError, GuestFileError,
-                     GuestFileNotFoundError, GuestPermissionError, HostError, ImageError,
-                     ProtocolError, SandboxDiedError, SandboxStateError, ShuruError,
-                     ShuruWarning)
-from .errors import PortError
+from .errors import (BootError, CheckpointError, ConfigError, ExecError, ExecTimeoutError,
+                     GuestFileError, GuestFileExistsError, GuestFileNotFoundError,
+                     GuestIsADirectoryError, GuestNotADirectoryError, GuestPermissionError,
+                     HostError, HTTPError, ImageError, PortError, ProtocolError, QMPError,
+                     Refused, SandboxDiedError, SandboxStateError, ShuruError, ShuruWarning,
+                     StaleStateError, UpstreamError)
 from .process import ExecResult, OutputChunk, Process
 from .sandbox import AsyncSandbox, State
 from .sync import Sandbox, SyncProcess
@@ -25,9 +26,11 @@ except PackageNotFoundError:  # running from a source tree without an install
     __version__ = "0+unknown"
 
 __all__ = [
-    "AsyncSandbox", "Sandbox", "SyncProcess", "State", "ExecResult", "OutputChunk", "Process", "ShuruError",
-    "ShuruWarning", "BootError", "ConfigError", "ExecError", "ExecTimeoutError",
-    "GuestFileError", "GuestFileNotFoundError", "GuestPermissionError", "HostError",
-    "ImageError", "ProtocolError", "SandboxDiedError", "SandboxStateError", "__version__",
-    "PortError",
+    "AsyncSandbox", "Sandbox", "SyncProcess", "State", "ExecResult", "OutputChunk", "Process",
+    "ShuruError", "ShuruWarning", "BootError", "CheckpointError", "ConfigError", "ExecError",
+    "ExecTimeoutError", "GuestFileError", "GuestFileExistsError", "GuestFileNotFoundError",
+    "GuestIsADirectoryError", "GuestNotADirectoryError", "GuestPermissionError", "HostError",
+    "HTTPError", "ImageError", "ProtocolError", "QMPError", "SandboxDiedError",
+    "SandboxStateError", "StaleStateError", "UpstreamError", "PortError", "Refused",
+    "__version__",
 ]

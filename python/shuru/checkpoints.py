@@ -29,17 +29,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ShuruError
+from .errors import CheckpointError
 from .image import Image, images_dir, load as load_image, sha256_file, shuru_home
 
 FORMAT = 1
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MAX_CHAIN = 8  # deeper chains are flattened when saved, so reads stay fast
 VERIFIED = "verified.json"
-
-
-class CheckpointError(ShuruError):
-    """A checkpoint is missing, damaged, misnamed, or in use by others."""
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from typer.core import TyperArgument, TyperCommand, TyperOption
 
 from . import config as cfg
 from .errors import ConfigError, ShuruError, ShuruWarning
+from .sanitize import neutralise
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -39,7 +41,9 @@ def _print_warning(message, category, filename, lineno, file=None, line=None):
 
 
 def fail(message: str, code: int = EXIT_SHURU) -> typer.Exit:
-    print(f"shuru: error: {message}", file=sys.stderr, flush=True)
+    # Errors can quote the guest (paths, messages, console lines): no control sequence of
+    # its may reach the terminal.
+    print(f"shuru: error: {neutralise(message)}", file=sys.stderr, flush=True)
     return typer.Exit(code)
 
 
@@ -59,6 +63,42 @@ def handle_errors(fn):
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+def command_last(args: list[str], fixed: int, takes_value: set[str]) -> list[str]:
+    """`args` rewritten so that a parser that reads options anywhere before `--` reads them
+    exactly where shuru's commands allow them: options may come before, between and after
+    the `fixed` positional arguments (a checkpoint's NAME); the guest command starts at `--`
+    or at the first word after those, and everything from there is the command's own, its
+    dashes included. `takes_value` names the options that take a value (`--cpus 2`)."""
+    i, seen = 0, 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            return args[:i] + ["--"] + args[i + 1:]
+        if arg.startswith("-") and len(arg) > 1:
+            name = arg.split("=", 1)[0]
+            attached = "=" in arg or (not arg.startswith("--") and len(arg) > 2)
+            i += 2 if name in takes_value and not attached else 1
+            continue
+        if seen == fixed:
+            return args[:i] + ["--"] + args[i:]
+        seen += 1
+        i += 1
+    return list(args)
+
+
+class CommandLast(TyperCommand):
+    """A command whose last argument is a guest command: options are options wherever they
+    come before it (`shuru checkpoint create NAME --allow-host X -- cmd`), and nothing in
+    the guest command is ever taken for one of shuru's options (see `command_last`)."""
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        params = self.get_params(ctx)
+        fixed = sum(1 for p in params if isinstance(p, TyperArgument) and p.nargs == 1)
+        takes_value = {name for p in params if isinstance(p, TyperOption)
+                       and not (p.is_flag or p.count) for name in p.opts + p.secondary_opts}
+        return super().parse_args(ctx, command_last(list(args), fixed, takes_value))
 
 
 def cli_layer(**flags) -> dict:
@@ -116,7 +156,7 @@ def print_free_ports(sandbox) -> None:
                   file=sys.stderr, flush=True)
 
 
-@app.command(context_settings={"allow_interspersed_args": False})
+@app.command(cls=CommandLast)
 @handle_errors
 def run(
     command: Optional[List[str]] = typer.Argument(None, help="Command to run; put it after --."),
@@ -182,12 +222,17 @@ checkpoint_app = typer.Typer(no_args_is_help=True, help="Save sandbox disks and 
 app.add_typer(checkpoint_app, name="checkpoint")
 
 
-@checkpoint_app.command("create", context_settings={"allow_interspersed_args": False})
+@checkpoint_app.command("create", cls=CommandLast)
 @handle_errors
 def checkpoint_create(
     name: str = typer.Argument(..., help="Name for the checkpoint"),
     command: Optional[List[str]] = typer.Argument(None, help="Command to run first; after --."),
     from_: Optional[str] = typer.Option(None, "--from", help="Start from this checkpoint"),
+    cpus: Optional[int] = typer.Option(None, "--cpus", help="Virtual CPUs [default: 2]"),
+    memory: Optional[int] = typer.Option(None, "--memory", help="Memory in MiB [default: 2048]"),
+    disk_size: Optional[int] = typer.Option(
+        None, "--disk-size", help="Root disk size in MiB [default: 4096]; sandboxes started "
+                                  "from the checkpoint get at least this much"),
     force: bool = typer.Option(False, "--force", help="Replace a checkpoint of that name"),
     config: Optional[str] = typer.Option(None, "--config", help="Config file"),
     env: List[str] = typer.Option([], "-e", "--env", help="KEY=VALUE for the command"),
@@ -200,15 +245,14 @@ def checkpoint_create(
     from . import checkpoints, terminal
     from .sandbox import AsyncSandbox, resolve_config
 
-    if command and command[0] == "--":
-        command = command[1:]  # with NAME before it, click keeps the separator as an argument
     checkpoints.check_name(name)
     if (checkpoints.checkpoints_dir() / name).exists() and not force:
         raise checkpoints.CheckpointError(f"a checkpoint named {name!r} already exists",
                                           hint="pass --force to replace it")
     if from_:
         checkpoints.load(from_)  # fail before booting if it is missing or damaged
-    flags = cli_layer(from_=from_, env=cfg.parse_env_pairs(env) if env else None)
+    flags = cli_layer(from_=from_, cpus=cpus, memory=memory, disk_size=disk_size,
+                      env=cfg.parse_env_pairs(env) if env else None)
     if allow_net is not None or allow_host or secret:
         flags.update(cli_layer(**network_flags(allow_net, allow_host, secret)))
     resolved = resolve_config(flags, cfg.find_config_file(config, Path.cwd()))

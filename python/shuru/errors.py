@@ -4,9 +4,18 @@ Every failure a user can see is a `ShuruError`. Subclasses say which part failed
 the evidence (path, state, exit code, console tail) as attributes, so a harness can branch on
 type and a person can read `str(error)`. Foreign exceptions (OSError, msgpack, asyncio) are
 translated at the boundary with ``raise ... from``.
+
+Every error class shuru raises is defined here, and exported from `shuru`. Where Python has
+a builtin for the same failure, the class is that builtin too (`GuestFileNotFoundError` is a
+`FileNotFoundError`, `ExecTimeoutError` a `TimeoutError`...), so code written against files
+and subprocesses catches the guest's errors the way it catches the host's. Those classes
+fill the `OSError` attributes: `errno` (the host's number for the guest's errno name),
+`strerror` (the message) and `filename` (the guest path).
 """
 
 from __future__ import annotations
+
+import errno as _errno
 
 from .sanitize import neutralise
 
@@ -92,32 +101,120 @@ class ExecError(ShuruError):
     is reported like a shell does: exit status 127 and a message on stderr)."""
 
 
-class ExecTimeoutError(ShuruError):
-    """A command ran past its timeout; its process group was killed. Carries partial output."""
+class ExecTimeoutError(ShuruError, TimeoutError):
+    """A command ran past its timeout: from `exec`, its process group was killed and the
+    error carries the partial output; from `Process.wait(timeout=)`, the process is still
+    running. Also a `TimeoutError` (errno ETIMEDOUT)."""
 
     def __init__(self, message: str, *, stdout: bytes = b"", stderr: bytes = b"", timeout: float):
         self.stdout = stdout
         self.stderr = stderr
         self.timeout = timeout
         super().__init__(message)
+        _set_os_fields(self, "ETIMEDOUT", message, None)
 
 
-class GuestFileError(ShuruError):
+class GuestFileError(ShuruError, OSError):
     """A file operation failed inside the guest. `path` is the guest path, `code` the errno
-    name the guest reported (e.g. 'ENOENT')."""
+    name the guest reported (e.g. 'ENOENT'). Also an `OSError`; the subclasses below are the
+    matching builtin too. The message names the guest path."""
 
     def __init__(self, message: str, *, path: str, code: str | None = None):
         self.path = path
         self.code = code
         super().__init__(message)
+        _set_os_fields(self, code, message, path)
 
 
-class GuestFileNotFoundError(GuestFileError):
-    pass
+class GuestFileNotFoundError(GuestFileError, FileNotFoundError):
+    """ENOENT: the guest path (or a directory on the way to it) does not exist."""
 
 
-class GuestPermissionError(GuestFileError):
-    pass
+class GuestPermissionError(GuestFileError, PermissionError):
+    """EACCES, EPERM or EROFS: the guest refused the operation."""
+
+
+class GuestIsADirectoryError(GuestFileError, IsADirectoryError):
+    """EISDIR: a directory where a file was expected (reading or writing a directory)."""
+
+
+class GuestNotADirectoryError(GuestFileError, NotADirectoryError):
+    """ENOTDIR: a file where a directory was expected (listing or watching a file)."""
+
+
+class GuestFileExistsError(GuestFileError, FileExistsError):
+    """EEXIST: the target exists where none may (e.g. mkdir without parents)."""
+
+
+_GUEST_FILE_ERRORS: dict[str, type[GuestFileError]] = {
+    "ENOENT": GuestFileNotFoundError,
+    "EACCES": GuestPermissionError, "EPERM": GuestPermissionError,
+    "EROFS": GuestPermissionError,
+    "EISDIR": GuestIsADirectoryError,
+    "ENOTDIR": GuestNotADirectoryError,
+    "EEXIST": GuestFileExistsError,
+}
+
+
+def guest_file_error(code: object, message: object, path: str) -> GuestFileError:
+    """The error for a guest's file-operation failure: the class its errno name maps to
+    (GuestFileError for the rest), with a message that names the guest path."""
+    code = code if isinstance(code, str) else "EIO"
+    text = neutralise(message) if isinstance(message, str) and message else code
+    if path and path not in text:
+        text = f"{path}: {text}"
+    cls = _GUEST_FILE_ERRORS.get(code, GuestFileError)
+    return cls(f"guest: {text}", path=path, code=code)
+
+
+def _set_os_fields(error: OSError, code: str | None, message: str, path: str | None) -> None:
+    """Fill OSError's attributes: errno is the host's number for the guest's errno name (the
+    names agree across platforms; the numbers do not), None for a name the host lacks."""
+    number = getattr(_errno, code, None) if code else None
+    error.errno = number if isinstance(number, int) else None
+    error.strerror = message
+    error.filename = path
+
+
+class CheckpointError(ShuruError):
+    """A checkpoint is missing, damaged, misnamed, or in use by others."""
+
+
+class StaleStateError(ShuruError):
+    """A saved state that cannot be used (made by another QEMU, damaged, other format)."""
+
+
+class QMPError(HostError):
+    """QEMU refused a QMP command; `qmp_class` is its error class."""
+
+    def __init__(self, command: str, qmp_class: str, desc: str):
+        self.command = command
+        self.qmp_class = qmp_class
+        super().__init__(f"QEMU refused {command}: {desc}")
+
+
+class UpstreamError(ShuruError):
+    """A connection to a real host could not be made. `host` and `port` say which."""
+
+    def __init__(self, message: str, *, host: str, port: int):
+        super().__init__(message)
+        self.host = host
+        self.port = port
+
+
+class HTTPError(ShuruError):
+    """A program in the guest sent something that is not an HTTP request the proxy can pass
+    on safely. `status` is what to answer it with. Not a ProtocolError: the agent kept to the
+    protocol; a guest program's bad HTTP is only that connection's failure."""
+
+    def __init__(self, message: str, *, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+class Refused(UpstreamError):
+    """The policy will not connect there (an address or name that is not public); the
+    message says why. Raised before any connection is attempted."""
 
 
 class PortError(ShuruError):

@@ -3,7 +3,7 @@
 Every call is one stream: `fs` ops answer with a `result`; `read` streams the file back as
 data within our credit; `write` streams data to the guest within its credit, so a file of any
 size goes either way without either side holding it in memory. Guest failures keep the
-guest's message and become GuestFileNotFoundError / GuestPermissionError / GuestFileError
+guest's message and become the GuestFileError subclass for its errno name (errors.py),
 carrying the guest path.
 """
 
@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import AsyncIterator, Callable
 
 from .channel import Channel, Stream
-from .errors import (GuestFileError, GuestFileNotFoundError, GuestPermissionError,
-                     ProtocolError, ShuruError)
+from .errors import GuestFileError, ProtocolError, ShuruError, guest_file_error
 
 CHUNK = 1024 * 1024  # how much we read from a host file or iterator per step
 
@@ -70,12 +69,8 @@ def guest_path(path: str | os.PathLike, field: str = "path") -> str:
 
 
 def guest_error(msg: dict, fallback_path: str) -> ShuruError:
-    code = msg.get("code", "EIO")
-    path = msg.get("path") or fallback_path
-    text = msg.get("message", code)
-    cls = {"ENOENT": GuestFileNotFoundError, "EACCES": GuestPermissionError,
-           "EPERM": GuestPermissionError, "EROFS": GuestPermissionError}.get(code, GuestFileError)
-    return cls(f"guest: {text}", path=path, code=code)
+    return guest_file_error(msg.get("code"), msg.get("message"),
+                            msg.get("path") or fallback_path)
 
 
 def _info(value: dict) -> FileInfo:
@@ -173,7 +168,10 @@ class Files:
                 raise
             await stream.send("eof", fd=0)
             result = await answer
-            return int(result.get("size", 0)) if isinstance(result, dict) else 0
+            size = result.get("size", 0) if isinstance(result, dict) else 0
+            if isinstance(size, bool) or not isinstance(size, int):
+                raise ProtocolError(f"guest answered a write of {path} with size {size!r}")
+            return size
         finally:
             stream.close()
 

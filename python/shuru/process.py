@@ -166,7 +166,14 @@ class Process:
 
     async def wait(self, timeout: float | None = None) -> int:
         """Wait for the process to exit and return its exit code (128+N for signal N)."""
-        return await asyncio.wait_for(asyncio.shield(self._exit), timeout)
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._exit), timeout)
+        except asyncio.TimeoutError:
+            if self._exit.done():
+                raise  # the process's own outcome, not our deadline
+            raise ExecTimeoutError(
+                f"process {self.pid} ({self.argv[0]}) did not exit within {timeout} s; it is "
+                "still running", timeout=timeout) from None
 
     @property
     def returncode(self) -> int | None:

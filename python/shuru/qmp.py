@@ -13,16 +13,7 @@ import itertools
 import json
 from typing import Callable
 
-from .errors import HostError
-
-
-class QMPError(HostError):
-    """QEMU refused a QMP command; `qmp_class` is its error class."""
-
-    def __init__(self, command: str, qmp_class: str, desc: str):
-        self.command = command
-        self.qmp_class = qmp_class
-        super().__init__(f"QEMU refused {command}: {desc}")
+from .errors import HostError, QMPError
 
 
 class QMP:

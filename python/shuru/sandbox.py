@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import enum
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -55,6 +56,32 @@ def to_argv(command: str | Sequence[str], shell: str = "sh") -> list[str]:
     return argv
 
 
+def start_lifetime(lifetime: object, timeout: object, *, stacklevel: int = 2) -> float | None:
+    """`start(lifetime=)`, or its deprecated name `timeout=` with a DeprecationWarning; a
+    ConfigError unless it is a positive number of seconds."""
+    if timeout is not None:
+        if lifetime is not None:
+            raise cfg.ConfigError(["lifetime and timeout (its deprecated name) are both given"])
+        warnings.warn("start(timeout=) is deprecated: call it start(lifetime=), the seconds "
+                      "until the sandbox is stopped (exec(timeout=) is one command's deadline)",
+                      DeprecationWarning, stacklevel=stacklevel)
+        lifetime = timeout
+    if lifetime is None:
+        return None
+    if isinstance(lifetime, bool) or not isinstance(lifetime, (int, float)) or not lifetime > 0:
+        raise cfg.ConfigError([f"lifetime must be a positive number of seconds, got {lifetime!r}"])
+    return float(lifetime)
+
+
+def start_options_check(options: Mapping[str, Any]) -> None:
+    """Options that are config-file fields but mean nothing to `start`: refused, so that
+    nothing a caller passes is silently ignored."""
+    if "command" in options:
+        raise cfg.ConfigError([
+            "command: start() runs no command (command is the config-file field for what "
+            "`shuru run` runs); run it with exec() or spawn() once the sandbox is up"])
+
+
 class AsyncSandbox:
     """A disposable Linux VM. Use `await AsyncSandbox.start(...)` or `async with`."""
 
@@ -78,20 +105,25 @@ class AsyncSandbox:
     # ---- lifecycle ---------------------------------------------------------------------
 
     @classmethod
-    async def start(cls, *, config: str | os.PathLike | None = None, timeout: float | None = None,
+    async def start(cls, *, config: str | os.PathLike | None = None,
+                    lifetime: float | None = None,
                     on_console: Callable[[bytes], None] | None = None,
-                    **options: Any) -> "AsyncSandbox":
+                    timeout: float | None = None, **options: Any) -> "AsyncSandbox":
         """Start a sandbox. Options are the config-file fields (cpus, memory, disk_size, env,
         workdir, kernel, rootfs, initrd, accel, `from_`: a checkpoint to start from, `cold=True`
         to boot instead of restoring saved machine state, and the network: `allow_net=True`,
         `network={"allow": [...], "resolve": {...}}`, `secrets={NAME: {"from": HOST_ENV_VAR,
         "hosts": [...]}}`), and forwards `ports=["8080:8000"]` (HOST:GUEST, or GUEST for a
-        free host port; see `expose`); `config` names a config file; `timeout` stops the
-        sandbox after that many seconds."""
+        free host port; see `expose`); `config` names a config file; `lifetime` stops the
+        sandbox that many seconds after it started (`timeout`, its old name, still works but
+        warns: it read too much like `exec(timeout=)`, a deadline for one command). `command`
+        is refused: a sandbox runs what `exec` and `spawn` give it."""
+        lifetime = start_lifetime(lifetime, timeout, stacklevel=3)
+        start_options_check(options)
         sandbox = cls(resolve_config(options, config), on_console=on_console)
         await sandbox._boot()
-        if timeout is not None:
-            sandbox._timeout_task = asyncio.create_task(sandbox._expire(timeout))
+        if lifetime is not None:
+            sandbox._timeout_task = asyncio.create_task(sandbox._expire(lifetime))
         return sandbox
 
     def _spec(self) -> MachineSpec:

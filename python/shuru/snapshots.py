@@ -34,16 +34,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-from .errors import ShuruError
+from .errors import ShuruError, StaleStateError
 
 FORMAT = 1
 FILES = ("disk.qcow2", "ram", "state.bin")
 ABANDONED_AFTER = 3600.0  # seconds; an unpublished work dir this old belongs to nobody
 KEEP_PER_LAYER = 8  # more variants of one layer than this: the least recently used go
-
-
-class StaleStateError(ShuruError):
-    """A saved state that cannot be used (made by another QEMU, damaged, other format)."""
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator
 
 from .files import Files, Watch
 from .process import Process
-from .sandbox import AsyncSandbox
+from .sandbox import AsyncSandbox, start_lifetime
 
 
 class _LoopThread:
@@ -166,6 +166,10 @@ class Sandbox:
 
     @classmethod
     def start(cls, **kwargs) -> "Sandbox":
+        # The deprecated name is translated here, so its warning points at the caller's line
+        # (the async start runs on the loop thread).
+        kwargs["lifetime"] = start_lifetime(kwargs.get("lifetime"), kwargs.pop("timeout", None),
+                                            stacklevel=3)
         runner = _LoopThread()
         try:
             sandbox = runner.run(AsyncSandbox.start(**kwargs))

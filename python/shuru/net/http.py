@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Mapping
 from urllib.parse import quote
 
-from ..errors import ProtocolError
+from ..errors import HTTPError
 from . import names
 
 MAX_HEAD = 64 * 1024
@@ -26,15 +26,6 @@ MAX_CHUNK_LINE = 4096
 MAX_TRAILERS = 64 * 1024
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 _VERSION = re.compile(rb"HTTP/1\.[01]\Z")
-
-
-class HTTPError(ProtocolError):
-    """The guest sent something that is not a request we can pass on safely. `status` is
-    what to answer it with."""
-
-    def __init__(self, message: str, *, status: int = 400):
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Iterable, Mapping
 from urllib.parse import unquote, urlsplit
 
-from ..errors import ConfigError, ShuruError
+from ..errors import ConfigError, Refused, UpstreamError
 from . import addresses, names
 
 CONNECT_TIMEOUT = 10.0
@@ -34,20 +34,6 @@ NEXT_ADDRESS_DELAY = 0.25
 
 # (name, port) -> the addresses it resolves to, in the order to try them.
 Resolver = Callable[[str, int], Awaitable[list[str]]]
-
-
-class UpstreamError(ShuruError):
-    """A connection to a real host could not be made. `host` and `port` say which."""
-
-    def __init__(self, message: str, *, host: str, port: int):
-        super().__init__(message)
-        self.host = host
-        self.port = port
-
-
-class Refused(UpstreamError):
-    """The policy will not connect there (an address or name that is not public); the
-    message says why. Raised before any connection is attempted."""
 
 
 async def host_resolve(host: str, port: int) -> list[str]:
