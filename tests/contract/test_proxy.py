@@ -599,6 +599,14 @@ def test_a_missing_or_unusable_host_variable_is_a_config_error_naming_it():
     assert "line" not in text.replace("line break", "")
 
 
+def test_a_value_too_short_to_be_recognised_is_refused():
+    config = network_config(None, {"A": {"from": "SHORT", "hosts": ["a.io"]}})
+    with pytest.raises(ConfigError) as e:
+        PolicyProxy(config, environ={"SHORT": "abc1234"})
+    assert e.value.problems[0].startswith("secrets.A.from:") and "shorter than 8" in str(e.value)
+    assert "abc1234" not in str(e.value)
+
+
 def test_a_hand_built_config_is_checked_too(tmp_path):
     config = NetworkConfig(allow=("*",), resolve={"a.io": "nowhere"},
                            secrets=(Secret("K", "REAL_KEY", ("elsewhere.io",)),))

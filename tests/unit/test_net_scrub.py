@@ -347,7 +347,8 @@ def scrubbed(data: bytes, reads: list[int], methods: list[bytes], values) -> lis
     return sends
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_what_reaches_the_guest_does_not_depend_on_the_value(data):
     a, b, text = data.draw(value_pair())

@@ -16,8 +16,9 @@ So nothing here depends on the value except which bytes get masked:
 - `ResponseScrubber` reads the upstream's side as HTTP/1.1 responses (http.ResponseParser):
   a head is masked whole before it is parsed (so no parsing decision sees a value), a body
   as a stream that is flushed at the end of its message, so held-back bytes never wait for
-  the next response; chunked bodies are re-chunked as they leave. A compressed or transfer-encoded response, a protocol switch or broken framing
-  ends the connection (with a 502 when the guest is still waiting for a head).
+  the next response; chunked bodies are re-chunked as they leave. A compressed or
+  transfer-encoded response, a protocol switch or broken framing ends the connection (with
+  a 502 when the guest is still waiting for a head).
 
 So what reaches the guest, bytes and boundaries, is the same for any two values of the same
 length, except where the response holds one of them (the README's Security section says
