@@ -328,12 +328,14 @@ def simple_response(status: int, body: str) -> bytes:
 
 # ---- responses -------------------------------------------------------------------------
 
-class ResponseError(HTTPError):
+class ResponseError(Exception):
     """The upstream sent a response that cannot be framed, or one that cannot be scrubbed
-    (content- or transfer-encoded, a protocol switch)."""
+    (content- or transfer-encoded, a protocol switch). Never leaves the proxy: the
+    connection ends and `message` becomes its close event's reason."""
 
     def __init__(self, message: str):
-        super().__init__(message, status=502)
+        super().__init__(message)
+        self.message = message
 
 
 @dataclass(frozen=True)
