@@ -131,6 +131,8 @@ def network_flags(allow_net: bool | None, allow_hosts: list[str], secrets: list[
             if secret.name in parsed:
                 problems.append(f"--secret {secret.name} is given more than once")
             parsed[secret.name] = {"from": secret.from_env, "hosts": list(secret.hosts)}
+            if secret.in_url:
+                parsed[secret.name]["in_url"] = True
         out["secrets"] = parsed
     if allow_net is not None:
         out["allow_net"] = allow_net
@@ -184,8 +186,9 @@ def run(
         [], "--allow-host", help="Allow this host (exact, or *.example.com for subdomains); "
                                  "repeatable; implies --allow-net"),
     secret: List[str] = typer.Option(
-        [], "--secret", help="NAME=HOST_ENV_VAR@host1,host2: the guest sees a placeholder in "
-                             "$NAME; the proxy sends the real value to those hosts only"),
+        [], "--secret", help="NAME=HOST_ENV_VAR@host1,host2[+in_url]: the guest sees a "
+                             "placeholder in $NAME; the proxy sends the real value to those "
+                             "hosts only, over HTTPS, in headers (+in_url: in URLs too)"),
     verbose: bool = typer.Option(False, "--verbose", help="Print the network log at exit"),
     port: List[str] = typer.Option(
         [], "-p", "--port", help="HOST:GUEST: forward 127.0.0.1:HOST on this machine to port "
@@ -239,7 +242,7 @@ def checkpoint_create(
     allow_net: Optional[bool] = typer.Option(None, "--allow-net", help="Network for the command"),
     allow_host: List[str] = typer.Option([], "--allow-host",
                                          help="Allow this host (repeatable; implies --allow-net)"),
-    secret: List[str] = typer.Option([], "--secret", help="NAME=HOST_ENV_VAR@host1,host2"),
+    secret: List[str] = typer.Option([], "--secret", help="NAME=HOST_ENV_VAR@host1,host2[+in_url]"),
 ):
     """Boot a sandbox, run a command in it, and save its disk as a checkpoint."""
     from . import checkpoints, terminal

@@ -6,7 +6,7 @@ share one set of field names (`FIELDS`). Validation collects every problem befor
 so a user fixes a config file in one pass.
 
 Networking is three fields: `allow_net` (the one switch; off by default), `network`
-({allow, resolve}) and `secrets` ({NAME: {from, hosts}}). The last two are checked by the
+({allow, resolve}) and `secrets` ({NAME: {from, hosts, in_url}}). The last two are checked by the
 policy proxy's own rules (`shuru.net.network_problems`), and giving either without
 `allow_net` is an error: an allowlist in a config file must never be what turns the
 network on by surprise.
@@ -47,7 +47,7 @@ class SandboxConfig:
     cold: bool = False  # boot even when a saved machine state could be restored
     allow_net: bool = False
     network: Mapping[str, Any] = field(default_factory=dict)  # {allow: [...], resolve: {...}}
-    secrets: Mapping[str, Any] = field(default_factory=dict)  # {NAME: {from, hosts}}
+    secrets: Mapping[str, Any] = field(default_factory=dict)  # {NAME: {from, hosts, in_url}}
     ports: tuple[str, ...] = ()  # forwards, "HOST:GUEST" or "GUEST" (see shuru.ports)
 
     def with_(self, **changes) -> "SandboxConfig":
@@ -198,7 +198,9 @@ def validate(values: Mapping[str, Any], *, source: str | None = None,
         elif name == "network":
             value = {k: (list(v) if k == "allow" else dict(v)) for k, v in value.items()}
         elif name == "secrets":
-            value = {k: {"from": v["from"], "hosts": list(v["hosts"])} for k, v in value.items()}
+            value = {k: {"from": v["from"], "hosts": list(v["hosts"]),
+                         **({"in_url": True} if v.get("in_url") else {})}
+                     for k, v in value.items()}
         elif name == "ports":
             from .ports import normalize
 

@@ -7,7 +7,9 @@ agent channel hands it a guest stream.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import gzip
 import hashlib
 import json
 import os
@@ -46,8 +48,17 @@ class Servers:
         self.seen: list[dict] = []  # the requests the echo servers received
 
     async def _echo(self, request: web.Request) -> web.Response:
-        """Records what arrived, and sends it back (as a reflecting API would)."""
+        """Records what arrived, and sends it back (as a reflecting API would). /tail/X
+        answers X as the whole body (a 404 page quoting the path); /gzip answers
+        compressed whatever the client asked for."""
         body = await request.read()
+        if request.path.startswith("/tail/"):
+            self.seen.append({"path": request.path_qs, "headers": dict(request.headers)})
+            return web.Response(body=request.path[len("/tail/"):].encode())
+        if request.path.startswith("/gzip"):
+            self.seen.append({"path": request.path_qs, "headers": dict(request.headers)})
+            return web.Response(body=gzip.compress(request.headers.get("x-echo", "").encode()),
+                                headers={"Content-Encoding": "gzip"})
         seen = {"method": request.method, "path": request.path_qs,
                 "headers": {k.lower(): v for k, v in request.headers.items()},
                 "body": body.decode("latin-1"), "tls": request.secure}
@@ -76,6 +87,7 @@ class Servers:
         context.sni_callback = pick_certificate
         self.https_port = await self._site(context)
         self.tcp_port = await self._tcp(self._reverse)
+        self.tcp_http_port = await self._tcp(self._reverse_http)
         self.proxy_port = await self._tcp(self._connect_proxy)
 
     async def _tcp(self, handler) -> int:
@@ -89,6 +101,14 @@ class Servers:
         length, the digest and the bytes reversed."""
         data = await reader.read()
         writer.write(f"{len(data)} {hashlib.sha256(data).hexdigest()}\n".encode() + data[::-1])
+        await writer.drain()
+        writer.close()
+
+    @staticmethod
+    async def _reverse_http(reader, writer):
+        """Like _reverse, answering as HTTP/1.0 with the bytes reversed as the body."""
+        data = await reader.read()
+        writer.write(b"HTTP/1.0 200 OK\r\n\r\n" + data[::-1])
         await writer.drain()
         writer.close()
 
@@ -346,8 +366,9 @@ async def test_intercepted_tls_injects_the_secret_in_every_request_on_a_connecti
     await guest.finish()
     first, second, third = servers.seen
 
-    assert first["tls"] and first["path"] == f"/v1/x?key={REAL}"
+    assert first["tls"] and first["path"] == f"/v1/x?key={token}"  # URLs: opt-in only
     assert first["headers"]["authorization"] == f"Bearer {REAL}"
+    assert first["headers"]["accept-encoding"] == "identity"
     assert first["body"] == body.decode()  # the body is untouched
     assert second["path"] == "/two" and second["body"] == "hello" + token
     assert second["headers"]["authorization"] == basic_credential("user", REAL).decode()
@@ -373,32 +394,105 @@ async def test_a_tls_1_2_guest_is_intercepted_too(proxy, servers):
     assert servers.seen[-1]["headers"]["x-key"] == REAL
 
 
-async def test_plain_http_to_a_secret_host_is_rewritten_too(proxy, servers):
+async def test_a_secret_opted_in_to_urls_is_injected_there_too(servers):
+    config = network_config({"allow": ["api.test"], "resolve": {
+        "api.test:443": f"127.0.0.1:{servers.https_port}"}},
+        {"KEY": {"from": "REAL_KEY", "hosts": ["api.test"], "in_url": True}})
+    proxy = PolicyProxy(config, environ=ENVIRON, upstream_cafile=servers.cafile)
+    CREATED.append(proxy)
     token = proxy.placeholders["KEY"]
-    guest = await open_guest(proxy, "api.test", 80)
-    guest.writer.write(f"GET /p?t={token} HTTP/1.1\r\nHost: api.test\r\nX-Key: {token}\r\n"
+    guest = await open_guest(proxy, "api.test", 443, tls=sandbox_trust(proxy))
+    guest.writer.write(f"GET /v1?key={token} HTTP/1.1\r\nHost: api.test\r\n"
                        f"Connection: close\r\n\r\n".encode())
     reply = (await read_response(guest.reader))[2]
     await guest.finish()
-    seen = servers.seen[-1]
-    assert REAL.encode() not in reply
-    assert seen["path"] == f"/p?t={REAL}" and seen["headers"]["x-key"] == REAL and not seen["tls"]
-    assert events(proxy, "inject")[-1]["port"] == 80
+    assert servers.seen[-1]["path"] == f"/v1?key={REAL}" and REAL.encode() not in reply
+
+
+async def test_basic_is_decoded_only_in_authorization_headers(proxy, servers):
+    token = proxy.placeholders["KEY"]
+    encoded = base64.b64encode(token.encode()).decode()
+    guest = await open_guest(proxy, "api.test", 443, tls=sandbox_trust(proxy))
+    guest.writer.write(f"GET / HTTP/1.1\r\nHost: api.test\r\nX-Anything: Basic {encoded}\r\n"
+                       f"Connection: close\r\n\r\n".encode())
+    reply = (await read_response(guest.reader))[2]
+    await guest.finish()
+    assert servers.seen[-1]["headers"]["x-anything"] == f"Basic {encoded}"  # untouched
+    assert base64.b64encode(REAL.encode())[:-4] not in reply
+    assert not events(proxy, "inject")
+
+
+async def test_plain_http_never_carries_a_secret_and_says_why(proxy, servers):
+    token = proxy.placeholders["KEY"]
+    for header in (f"X-Key: {token}", "Authorization: " + basic_credential("u", token).decode()):
+        guest = await open_guest(proxy, "api.test", 80)
+        guest.writer.write(f"GET /p HTTP/1.1\r\nHost: api.test\r\n{header}\r\n\r\n".encode())
+        status, _, body = await read_response(guest.reader)
+        await guest.finish()
+        assert status == 403 and b"the secret KEY is sent only over HTTPS" in body
+        assert b"https://api.test" in body
+    assert servers.seen == [] and not events(proxy, "inject")
+    assert "sent only over HTTPS" in events(proxy, "close")[-1]["reason"]
+    # Without a placeholder plain HTTP works, and what comes back is scrubbed all the same.
+    guest = await open_guest(proxy, "api.test", 80)
+    guest.writer.write(f"GET /tail/{REAL} HTTP/1.1\r\nHost: api.test\r\n"
+                       f"Connection: close\r\n\r\n".encode())
+    status, _, body = await read_response(guest.reader)
+    await guest.finish()
+    assert status == 200 and body == b"*" * len(REAL)
+
+
+async def test_a_kept_alive_connection_tells_a_guessing_guest_nothing(proxy, servers):
+    # The guest makes the server end each response with its guess; the old scrubber held
+    # back exactly the part of the guess that began the value, so the count of missing
+    # bytes told it how much it had right.
+    guest = await open_guest(proxy, "api.test", 443, tls=sandbox_trust(proxy))
+    received = {}
+    guesses = (REAL[:1], REAL[:8], REAL[:-1], "x", "sk-live-WRONG", "zzzzzzzzzzzzzz")
+    for guess in guesses:
+        close = "Connection: close\r\n" if guess == guesses[-1] else ""
+        guest.writer.write(f"GET /tail/{guess} HTTP/1.1\r\nHost: api.test\r\n{close}\r\n"
+                           .encode())
+        status, head, body = await read_response(guest.reader)  # complete: nothing held
+        received[guess] = body
+    await guest.finish()
+    assert all(body == guess.encode() for guess, body in received.items())
+
+
+async def test_a_compressed_response_is_refused(proxy, servers):
+    token = proxy.placeholders["KEY"]
+    guest = await open_guest(proxy, "api.test", 443, tls=sandbox_trust(proxy))
+    guest.writer.write(f"GET /gzip HTTP/1.1\r\nHost: api.test\r\nX-Echo: {token}\r\n"
+                       f"Accept-Encoding: gzip\r\n\r\n".encode())
+    status, _, body = await read_response(guest.reader)
+    assert await guest.reader.read() == b""
+    await guest.finish()
+    assert servers.seen[-1]["headers"]["Accept-Encoding"] == "identity"
+    assert status == 502 and b"compressed" in body and gzip.compress(REAL.encode()) not in body
+    assert "compressed" in events(proxy, "close")[-1]["reason"]
+
+
+async def test_protocol_upgrades_are_refused_on_a_secret_host(proxy, servers):
+    guest = await open_guest(proxy, "api.test", 443, tls=sandbox_trust(proxy))
+    guest.writer.write(b"GET /ws HTTP/1.1\r\nHost: api.test\r\nUpgrade: websocket\r\n"
+                       b"Connection: Upgrade\r\n\r\n")
+    status, _, body = await read_response(guest.reader)
+    await guest.finish()
+    assert status == 403 and b"protocol upgrades" in body and servers.seen == []
 
 
 async def test_a_half_close_reaches_an_intercepted_upstream(servers):
-    # Upstream here is the raw server, which answers only once it has seen EOF.
-    proxy = make_proxy(servers, extra_resolve={"api.test:80": f"127.0.0.1:{servers.tcp_port}"})
-    token = proxy.placeholders["KEY"]
+    # Upstream here answers only once it has seen EOF, with the request reversed.
+    proxy = make_proxy(servers,
+                       extra_resolve={"api.test:80": f"127.0.0.1:{servers.tcp_http_port}"})
     guest = await open_guest(proxy, "api.test", 80)
-    guest.writer.write(f"POST / HTTP/1.1\r\nHost: api.test\r\nX-Key: {token}\r\n"
-                       f"Content-Length: 3\r\n\r\nabc".encode())
+    guest.writer.write(b"POST / HTTP/1.1\r\nHost: api.test\r\nContent-Length: 3\r\n\r\nabc")
     guest.writer.write_eof()
-    await guest.reader.readline()
+    await guest.reader.readuntil(b"\r\n\r\n")
     echoed_back = (await guest.reader.read())[::-1]
     await guest.finish()
-    assert echoed_back == f"POST / HTTP/1.1\r\nHost: api.test\r\nX-Key: {REAL}\r\n" \
-                          f"Content-Length: 3\r\n\r\nabc".encode()
+    assert echoed_back == b"POST / HTTP/1.1\r\nHost: api.test\r\nContent-Length: 3\r\n" \
+                          b"Accept-Encoding: identity\r\n\r\nabc"
 
 
 async def test_a_malformed_request_to_an_intercepted_host_gets_400(proxy):
@@ -407,7 +501,7 @@ async def test_a_malformed_request_to_an_intercepted_host_gets_400(proxy):
     status, _, body = await read_response(guest.reader)
     assert status == 400 and b"Content-Length" in body
     await guest.finish()
-    assert "malformed request" in events(proxy, "close")[-1]["reason"]
+    assert "refused the guest's request" in events(proxy, "close")[-1]["reason"]
 
 
 async def test_a_request_for_another_host_never_gets_the_secret(proxy):
@@ -503,6 +597,14 @@ def test_a_missing_or_unusable_host_variable_is_a_config_error_naming_it():
     assert len(e.value.problems) == 3
     assert "secrets.A" in text and "UNSET_VAR" in text and "secrets.B" in text and "BAD_VAR" in text
     assert "line" not in text.replace("line break", "")
+
+
+def test_a_value_too_short_to_be_recognised_is_refused():
+    config = network_config(None, {"A": {"from": "SHORT", "hosts": ["a.io"]}})
+    with pytest.raises(ConfigError) as e:
+        PolicyProxy(config, environ={"SHORT": "abc1234"})
+    assert e.value.problems[0].startswith("secrets.A.from:") and "shorter than 8" in str(e.value)
+    assert "abc1234" not in str(e.value)
 
 
 def test_a_hand_built_config_is_checked_too(tmp_path):

@@ -77,6 +77,19 @@ def test_flags_allow_host_implies_allow_net_and_secret_parses():
     assert out == {"allow_net": True, "network": {"allow": ["api.test", "*.svc.test"]},
                    "secrets": {"K": {"from": "HOST_K", "hosts": ["api.test"]}}}
     assert network_flags(True, [], []) == {"allow_net": True}
+    out = network_flags(None, ["api.test"], ["K=HOST_K@api.test+in_url"])
+    assert out["secrets"] == {"K": {"from": "HOST_K", "hosts": ["api.test"], "in_url": True}}
+
+
+def test_a_config_file_may_opt_a_secret_in_to_urls(tmp_path):
+    f = tmp_path / "shuru.json"
+    f.write_text('{"allow_net": true, "secrets": {"A": {"from": "HA", "hosts": ["a.test"], '
+                 '"in_url": true}}}')
+    assert resolve_config({}, f).secrets == {"A": {"from": "HA", "hosts": ["a.test"],
+                                                   "in_url": True}}
+    f.write_text('{"allow_net": true, "secrets": {"A": {"from": "HA", "hosts": ["a.test"], '
+                 '"in_url": 1}}}')
+    assert any("secrets.A.in_url" in p for p in problems_of(resolve_config, {}, f))
 
 
 def test_bad_flags_name_the_flag():

@@ -99,3 +99,24 @@ def test_numeric_names_cannot_be_resolve_keys():
     problems = network_problems({"resolve": {"2130706433": "127.0.0.1", "127.1:80": "127.0.0.1"}},
                                 None)
     assert len(problems) == 2 and all("expected a host name" in p for p in problems)
+
+
+def test_in_url_is_an_opt_in_per_secret():
+    config = network_config(None, {"A": {"from": "X", "hosts": ["a.io"], "in_url": True},
+                                   "B": {"from": "Y", "hosts": ["b.io"]}})
+    assert [s.in_url for s in config.secrets] == [True, False]
+    problems = network_problems(None, {"A": {"from": "X", "hosts": ["a.io"], "in_url": "yes"}})
+    assert problems == ["secrets.A.in_url must be true or false, got 'yes'"]
+
+
+def test_a_hand_built_secret_keeps_its_in_url():
+    from shuru.net.config import config_problems
+    assert config_problems(NetworkConfig(secrets=(Secret("A", "X", ("a.io",), True),))) == []
+
+
+def test_secret_flag_takes_in_url():
+    assert parse_secret_flag("GH=GH_TOKEN@api.github.com+in_url") == \
+        Secret("GH", "GH_TOKEN", ("api.github.com",), in_url=True)
+    with pytest.raises(ConfigError) as e:
+        parse_secret_flag("GH=GH_TOKEN@api.github.com+in_body")
+    assert "unknown option +in_body" in str(e.value) and "--secret" in str(e.value)

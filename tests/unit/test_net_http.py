@@ -1,4 +1,5 @@
-"""Request heads: placeholder rewriting (URL, headers, Basic auth) and body framing."""
+"""Request heads: placeholder rewriting (headers, Basic auth, URLs by opt-in) and body
+framing; response heads and framing, hostile ones included."""
 
 import base64
 
@@ -9,7 +10,8 @@ from shuru.net import http
 TOKEN = b"shuru_tok_0123456789abcdef0123456789abcdef"
 OTHER = b"shuru_tok_ffffffffffffffffffffffffffffffff"
 REAL = b"sk-real/value+1"
-REPLACEMENTS = {TOKEN: REAL}
+REPLACEMENTS = {TOKEN: http.Injection("KEY", REAL)}
+IN_URL = {TOKEN: http.Injection("KEY", REAL, in_url=True)}
 
 
 def head(text: bytes) -> http.RequestHead:
@@ -18,25 +20,68 @@ def head(text: bytes) -> http.RequestHead:
     return http.parse_head(text)
 
 
-def test_header_values_and_url_are_rewritten_and_reported():
-    h = head(b"GET /v1/x?key=" + TOKEN + b"&o=" + OTHER + b" HTTP/1.1\r\nHost: api.x.io\r\n"
+def test_header_values_are_rewritten_and_reported_and_the_url_is_not_by_default():
+    target = b"/v1/x?key=" + TOKEN + b"&o=" + OTHER
+    h = head(b"GET " + target + b" HTTP/1.1\r\nHost: api.x.io\r\n"
              b"Authorization: Bearer " + TOKEN + b"\r\nX-Other: " + OTHER + b"\r\n\r\n")
     new, used = http.rewrite_head(h, REPLACEMENTS)
     assert used == {TOKEN}
-    # In the URL the value is percent-encoded, as a client would have sent it.
-    assert new.target == b"/v1/x?key=sk-real%2Fvalue%2B1&o=" + OTHER
+    assert new.target == target  # URLs end up in logs and redirects: opt-in only
     assert new.values(b"authorization") == [b"Bearer " + REAL]
     assert new.values(b"x-other") == [OTHER]  # not ours to replace: unchanged
-    assert new.encode().startswith(b"GET /v1/x?key=sk-real%2Fvalue%2B1")
+    assert REAL not in new.encode().split(b"\r\n")[0]
 
 
-def test_basic_auth_is_decoded_rewritten_and_reencoded():
-    h = head(b"GET / HTTP/1.1\r\nAuthorization: " + http.basic_credential("x-access-token", TOKEN.decode())
-             + b"\r\n\r\n")
+def test_the_url_is_rewritten_for_a_secret_that_opts_in():
+    h = head(b"GET /v1/x?key=" + TOKEN + b" HTTP/1.1\r\nX-Key: " + TOKEN + b"\r\n\r\n")
+    new, used = http.rewrite_head(h, IN_URL)
+    # In the URL the value is percent-encoded, as a client would have sent it.
+    assert new.target == b"/v1/x?key=sk-real%2Fvalue%2B1" and used == {TOKEN}
+    assert new.values(b"x-key") == [REAL]
+    assert http.rewrite_head(head(b"GET /?k=" + TOKEN + b" HTTP/1.1\r\n\r\n"),
+                             IN_URL)[1] == {TOKEN}
+    assert http.rewrite_head(head(b"GET /?k=" + TOKEN + b" HTTP/1.1\r\n\r\n"),
+                             REPLACEMENTS)[1] == set()
+
+
+def test_every_rewritten_head_asks_for_an_uncompressed_response():
+    h = head(b"GET / HTTP/1.1\r\nAccept-Encoding: gzip, br\r\naccept-encoding: zstd\r\n"
+             b"X: y\r\n\r\n")
+    new, used = http.rewrite_head(h, {})
+    assert new.values(b"accept-encoding") == [b"identity"] and not used
+    assert new.values(b"x") == [b"y"]
+
+
+@pytest.mark.parametrize("name", [b"Authorization", b"Proxy-Authorization", b"authorization"])
+def test_basic_auth_is_decoded_rewritten_and_reencoded(name):
+    h = head(b"GET / HTTP/1.1\r\n" + name + b": "
+             + http.basic_credential("x-access-token", TOKEN.decode()) + b"\r\n\r\n")
     new, used = http.rewrite_head(h, REPLACEMENTS)
-    scheme, credential = new.values(b"authorization")[0].split(b" ")
+    scheme, credential = new.values(name)[0].split(b" ")
     assert scheme == b"Basic" and used == {TOKEN}
     assert base64.b64decode(credential) == b"x-access-token:" + REAL
+
+
+def test_basic_is_decoded_in_no_other_header():
+    # An upstream that echoes X-Anything would hand back the value base64-encoded.
+    for name in (b"X-Anything", b"Cookie", b"WWW-Authenticate"):
+        value = b"Basic " + base64.b64encode(TOKEN)
+        new, used = http.rewrite_head(head(b"GET / HTTP/1.1\r\n" + name + b": " + value
+                                           + b"\r\n\r\n"), REPLACEMENTS)
+        assert new.values(name) == [value] and not used
+
+
+def test_placeholders_are_found_wherever_they_are():
+    basic = http.basic_credential("u", TOKEN.decode())
+    found = http.placeholders_in(
+        head(b"GET /?" + OTHER + b" HTTP/1.1\r\nAuthorization: " + basic + b"\r\n\r\n"),
+        [TOKEN, OTHER])
+    assert found == {TOKEN, OTHER}
+    assert http.placeholders_in(head(b"GET / HTTP/1.1\r\nX: y\r\n\r\n"), [TOKEN]) == set()
+
+
+def test_an_injection_never_shows_its_value():
+    assert REAL not in repr(http.Injection("KEY", REAL)).encode()
 
 
 def test_basic_auth_without_a_placeholder_is_left_byte_for_byte():
@@ -45,13 +90,13 @@ def test_basic_auth_without_a_placeholder_is_left_byte_for_byte():
     new, used = http.rewrite_head(h, REPLACEMENTS)
     assert new.values(b"authorization") == [original] and not used
     garbage = head(b"GET / HTTP/1.1\r\nAuthorization: Basic !!notbase64\r\n\r\n")
-    assert http.rewrite_head(garbage, REPLACEMENTS)[0] == garbage
+    assert http.rewrite_head(garbage, REPLACEMENTS)[0].headers[0] == garbage.headers[0]
 
 
-def test_a_head_with_no_placeholder_is_unchanged():
+def test_a_head_with_no_placeholder_keeps_everything_but_accept_encoding():
     raw = b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\n"
     new, used = http.rewrite_head(head(raw), REPLACEMENTS)
-    assert new.encode() == raw and not used
+    assert new.encode() == raw[:-2] + b"Accept-Encoding: identity\r\n\r\n" and not used
 
 
 def test_head_end_waits_and_bounds():

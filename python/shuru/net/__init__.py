@@ -6,7 +6,7 @@ through, and the settings it enforces.
     dns      — one DNS message in, one answer out
     fakeip   — the addresses handed to the guest and the names behind them
     ca       — the per-sandbox CA and its leaf certificates
-    http     — request heads (placeholder rewriting) and body framing
+    http     — request heads (placeholder rewriting), body framing, response framing
     conn     — GuestConn, and TLS terminated over one
     scrub    — masking real values that an intercepted server reflects back
     relay    — moving bytes once a connection is decided: tunnel, or intercepted HTTP

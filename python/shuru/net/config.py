@@ -3,7 +3,7 @@
 Config files, the CLI and the SDK all arrive here in the config-file shape:
 
     network: {allow: [patterns, each maybe with :port], resolve: {name: address}}
-    secrets: {NAME: {from: HOST_ENV_VAR, hosts: [patterns]}}
+    secrets: {NAME: {from: HOST_ENV_VAR, hosts: [patterns], in_url: false}}
 
 `network_problems` lists every problem, each naming its field, so a user fixes them all at
 once; `network_config` turns a valid shape into the frozen `NetworkConfig` the proxy runs on.
@@ -21,17 +21,20 @@ from . import names, upstream
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 NETWORK_FIELDS = ("allow", "resolve")
-SECRET_FIELDS = ("from", "hosts")
+SECRET_FIELDS = ("from", "hosts", "in_url")
 
 
 @dataclass(frozen=True)
 class Secret:
     """A value the guest only ever sees as a placeholder. `name` is the guest env var,
-    `from_env` the host env var holding the real value, `hosts` where it may be sent."""
+    `from_env` the host env var holding the real value, `hosts` where it may be sent,
+    `in_url` whether a placeholder in the request target (path, query) is replaced too
+    (headers only by default: URLs end up in logs, caches and redirects)."""
 
     name: str
     from_env: str
     hosts: tuple[str, ...]
+    in_url: bool = False
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,8 @@ def _secret_problems(secrets: Any, allow: tuple[str, ...]) -> list[str]:
         elif not isinstance(source, str) or not _ENV_NAME.match(source):
             problems.append(f"{label}.from must be a host environment variable name, "
                             f"got {_show(source)}")
+        if "in_url" in spec and not isinstance(spec["in_url"], bool):
+            problems.append(f"{label}.in_url must be true or false, got {_show(spec['in_url'])}")
         if "hosts" not in spec:
             problems.append(f"{label}.hosts is missing: list the hosts it may be sent to")
             continue
@@ -158,7 +163,8 @@ def config_problems(config: NetworkConfig) -> list[str]:
     """`network_problems` for a NetworkConfig built by hand rather than by network_config."""
     return network_problems(
         {"allow": list(config.allow), "resolve": dict(config.resolve)},
-        {s.name: {"from": s.from_env, "hosts": list(s.hosts)} for s in config.secrets})
+        {s.name: {"from": s.from_env, "hosts": list(s.hosts), "in_url": s.in_url}
+         for s in config.secrets})
 
 
 def network_config(network: Mapping | None, secrets: Mapping | None) -> NetworkConfig:
@@ -173,21 +179,32 @@ def network_config(network: Mapping | None, secrets: Mapping | None) -> NetworkC
         resolve={names.normalize(k): v for k, v in (network.get("resolve") or {}).items()},
         secrets=tuple(
             Secret(name=name, from_env=spec["from"],
-                   hosts=tuple(names.normalize(h) for h in spec["hosts"]))
+                   hosts=tuple(names.normalize(h) for h in spec["hosts"]),
+                   in_url=spec.get("in_url", False))
             for name, spec in (secrets or {}).items()),
     )
 
 
+SECRET_FLAG_OPTIONS = ("in_url",)
+
+
 def parse_secret_flag(text: str) -> Secret:
-    """`NAME=HOST_ENV_VAR@host1,host2` (the CLI's --secret) as a Secret; ConfigError
-    listing every problem, each naming the flag."""
+    """`NAME=HOST_ENV_VAR@host1,host2[+in_url]` (the CLI's --secret) as a Secret;
+    ConfigError listing every problem, each naming the flag."""
     label = f"--secret {text!r}"
     name, eq, rest = text.partition("=")
     source, at, hosts_text = rest.partition("@")
     if not eq or not at:
-        raise ConfigError([f"{label}: expected NAME=HOST_ENV_VAR@host1,host2"])
+        raise ConfigError([f"{label}: expected NAME=HOST_ENV_VAR@host1,host2[+in_url]"])
+    hosts_text, *options = hosts_text.split("+")
+    unknown = [o for o in options if o.strip() not in SECRET_FLAG_OPTIONS]
+    if unknown:
+        raise ConfigError([f"{label}: unknown option +{unknown[0].strip()}; known options: "
+                           f"{', '.join('+' + o for o in SECRET_FLAG_OPTIONS)}"])
     hosts = [h.strip() for h in hosts_text.split(",")] if hosts_text.strip() else []
-    problems = _secret_problems({name: {"from": source, "hosts": hosts}}, ())
+    in_url = bool(options)
+    problems = _secret_problems({name: {"from": source, "hosts": hosts, "in_url": in_url}}, ())
     if problems:
         raise ConfigError([f"{label}: {p}" for p in problems])
-    return Secret(name=name, from_env=source, hosts=tuple(names.normalize(h) for h in hosts))
+    return Secret(name=name, from_env=source, hosts=tuple(names.normalize(h) for h in hosts),
+                  in_url=in_url)

@@ -2,9 +2,10 @@
 
 It owns the decisions (allowed or denied, tunnel or intercept; `decide` is pure) and runs
 each connection: denied ones are refused at once with a reason; hosts a secret applies to
-are intercepted (TLS terminated with the sandbox CA on 443, plain HTTP on 80) so
-placeholders in request heads become real values; every other allowed host is tunnelled
-byte for byte (relay.py moves the bytes). Real values
+are intercepted on 443 (TLS terminated with the sandbox CA, the upstream verified) so
+placeholders in request headers become real values, and on 80 (plain HTTP), where a
+placeholder is refused rather than sent in clear text; both have their responses scrubbed.
+Every other allowed host is tunnelled byte for byte (relay.py moves the bytes). Real values
 are read from the host environment once, here, and live only in this object, out of every
 repr, log line and error message.
 """
@@ -44,16 +45,18 @@ DENY_DRAIN_BYTES = 64 * 1024
 # Each open connection holds a host socket; a guest that opens them without end is refused
 # past this many rather than exhausting the host's file descriptors.
 MAX_CONNECTIONS = 1024
+# Shorter values could not be told apart from chance in responses (scrub.py).
+MIN_VALUE_BYTES = 8
 
 
 class _Value:
     """A secret's real value. Its repr is the secret's name, so it cannot leak by way of a
     traceback, a debugger or an f-string."""
 
-    __slots__ = ("name", "placeholder", "raw")
+    __slots__ = ("name", "placeholder", "raw", "in_url")
 
-    def __init__(self, name: str, placeholder: str, raw: bytes):
-        self.name, self.placeholder, self.raw = name, placeholder, raw
+    def __init__(self, name: str, placeholder: str, raw: bytes, in_url: bool = False):
+        self.name, self.placeholder, self.raw, self.in_url = name, placeholder, raw, in_url
 
     def __repr__(self) -> str:
         return f"<secret {self.name}>"
@@ -63,6 +66,8 @@ class _Value:
 
 DENY, TUNNEL, INTERCEPT_TLS, INTERCEPT_HTTP = "deny", "tunnel", "intercept tls", "intercept http"
 # Where a secret's host is intercepted; its other ports are tunnelled like any host's.
+# Values are injected on 443 only; 80 is intercepted to refuse placeholders sent in clear
+# text and to scrub what comes back.
 INTERCEPTED_PORTS = {443: INTERCEPT_TLS, 80: INTERCEPT_HTTP}
 
 
@@ -91,6 +96,10 @@ def _value_problems(secret: Secret, environ: Mapping[str, str]) -> list[str]:
     if any(c in value for c in "\r\n\0"):
         return [f"secrets.{secret.name}.from: the value of {secret.from_env} holds a line "
                 f"break or NUL, which cannot go into an HTTP header"]
+    if len(value.encode()) < MIN_VALUE_BYTES:
+        return [f"secrets.{secret.name}.from: the value of {secret.from_env} is shorter "
+                f"than {MIN_VALUE_BYTES} bytes, too short to be recognised (and masked) in "
+                f"what its hosts send back"]
     return []
 
 
@@ -125,7 +134,8 @@ class PolicyProxy:
         for secret in config.secrets:
             placeholder = PLACEHOLDER_PREFIX + secrets_module.token_hex(16)
             self.placeholders[secret.name] = placeholder
-            value = _Value(secret.name, placeholder, environ[secret.from_env].encode())
+            value = _Value(secret.name, placeholder, environ[secret.from_env].encode(),
+                           secret.in_url)
             self._values.append((tuple(names.normalize(h) for h in secret.hosts), value))
         self.guest_env: dict[str, str] = dict(self.placeholders)
         self.guest_env.update((var, GUEST_CA_BUNDLE) for var in CA_ENV_VARS)
@@ -299,7 +309,9 @@ class PolicyProxy:
                         return
                 await relay.intercept(
                     conn, reader, writer, host=host, counts=counts,
-                    replacements={v.placeholder.encode(): v.raw for v in values},
+                    injections={v.placeholder.encode(): http.Injection(v.name, v.raw, v.in_url)
+                                for v in values},
+                    inject=mode == INTERCEPT_TLS,
                     on_inject=lambda used: self._log.record(
                         "inject", host, ip, port,
                         secrets=sorted(v.name for v in values
@@ -311,8 +323,10 @@ class PolicyProxy:
                     await guest.send(http.simple_response(
                         502, f"shuru could not reach {host}: {e.message}\n"))
                     await guest.send_eof()
+        except http.ResponseError as e:
+            reason = f"refused the upstream's response: {e.message}"
         except http.HTTPError as e:
-            reason = f"malformed request from the guest: {e.message}"
+            reason = f"refused the guest's request: {e.message}"
         except ssl.SSLError as e:
             reason = f"TLS failed: {e.reason or e.__class__.__name__}"
         except (ConnectionError, OSError, ShuruError) as e:

@@ -1,20 +1,22 @@
 """Moving bytes between a guest connection and its upstream, once the policy has decided.
 
 `tunnel` copies both ways byte for byte and passes a half-close on; `intercept` reads the
-guest's side as HTTP/1.1, rewrites each request head (placeholders to real values), passes
-bodies through untouched, and masks real values in what comes back. Every buffer is
-bounded: a head by http.MAX_HEAD, everything else by one read.
+guest's side as HTTP/1.1, rewrites each request head (placeholders to real values, over TLS
+only), passes bodies through untouched, and reads what comes back as HTTP/1.1 responses
+with every real value masked (scrub.ResponseScrubber). Every buffer is bounded: a head by
+http.MAX_HEAD, the scrubber's hold-back by the values' lengths, everything else by one read.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
 from . import http
 from .conn import READ_SIZE, GuestConn
-from .scrub import Scrubber
+from .scrub import ResponseScrubber
 
 
 @dataclass
@@ -39,16 +41,26 @@ async def both(*coroutines) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def downstream(conn: GuestConn, reader: asyncio.StreamReader, counts: Counts,
-                     scrubber: Scrubber | None = None) -> None:
+async def downstream(conn: GuestConn, reader: asyncio.StreamReader, counts: Counts) -> None:
     """Upstream to guest until upstream's EOF, which is passed on."""
     while data := await reader.read(READ_SIZE):
         counts.down += len(data)
-        if scrubber is not None:
-            data = scrubber.feed(data)
-        if data:
-            await conn.send(data)
-    if scrubber is not None and (tail := scrubber.flush()):
+        await conn.send(data)
+    await conn.send_eof()
+
+
+async def scrubbed(conn: GuestConn, reader: asyncio.StreamReader, counts: Counts,
+                   scrubber: ResponseScrubber) -> None:
+    """Upstream to guest through `scrubber`; http.ResponseError once it refuses what the
+    upstream sent (the guest has been told, if it was still waiting for a head)."""
+    while data := await reader.read(READ_SIZE):
+        counts.down += len(data)
+        if out := scrubber.feed(data):
+            await conn.send(out)
+        if scrubber.done:
+            await conn.send_eof()
+            raise http.ResponseError(scrubber.error)
+    if tail := scrubber.eof():
         await conn.send(tail)
     await conn.send_eof()
 
@@ -72,10 +84,20 @@ async def tunnel(guest: GuestConn, reader: asyncio.StreamReader, writer: asyncio
 
 async def intercept(conn: GuestConn, reader: asyncio.StreamReader,
                     writer: asyncio.StreamWriter, *, host: str, counts: Counts,
-                    replacements: Mapping[bytes, bytes],
+                    injections: Mapping[bytes, http.Injection], inject: bool,
                     on_inject: Callable[[set[bytes]], None]) -> None:
-    """HTTP/1.1 from the guest, each head rewritten with `replacements` (placeholder to
-    value); `on_inject` hears which placeholders each request used."""
+    """HTTP/1.1 from the guest; with `inject` (TLS to a verified upstream) each head is
+    rewritten with `injections` (placeholder to value) and `on_inject` hears which
+    placeholders each request used; without it (plain HTTP) a request holding a placeholder
+    is refused with a 403 naming the secret. Either way every response is scrubbed."""
+    methods: deque[bytes] = deque()
+
+    def refuse_placeholders(head: http.RequestHead) -> None:
+        found = http.placeholders_in(head, injections)
+        if found:
+            names = ", ".join(sorted(injections[p].name for p in found))
+            raise http.HTTPError(f"the secret {names} is sent only over HTTPS (TLS to a "
+                                 f"verified {host}); use https://{host}", status=403)
 
     async def upstream():
         buffer = bytearray()
@@ -92,7 +114,15 @@ async def intercept(conn: GuestConn, reader: asyncio.StreamReader,
                 raw = bytes(buffer[:end])
                 head = http.parse_head(raw)
                 http.check_authority(head, host)
-                framer = http.RestFramer() if http.is_upgrade(head) else http.body_framer(head)
+                if http.is_upgrade(head):
+                    # What would come back after a switch is not HTTP, and could not be
+                    # scrubbed message by message.
+                    raise http.HTTPError(f"protocol upgrades (WebSocket, h2c, CONNECT) are "
+                                         f"not supported on {host}, a host secrets are "
+                                         f"sent to", status=403)
+                if not inject:
+                    refuse_placeholders(head)
+                framer = http.body_framer(head)
             except http.HTTPError as e:
                 if requests == 0:  # nothing of ours is on the way back yet: say why
                     await conn.send(http.simple_response(e.status, f"shuru: {e.message}\n"))
@@ -100,11 +130,12 @@ async def intercept(conn: GuestConn, reader: asyncio.StreamReader,
                 raise
             del buffer[:end]
             requests += 1
-            head, used = http.rewrite_head(head, replacements)
+            new, used = http.rewrite_head(head, injections if inject else {})
             if used:
                 on_inject(used)
-            # Untouched heads go out as they came, spacing and all.
-            out = head.encode() if used else raw
+            # A head we did not change goes out as it came, spacing and all.
+            out = raw if new == head else new.encode()
+            methods.append(head.method)
             counts.up += len(out)
             writer.write(out)
             while not framer.done:
@@ -122,5 +153,6 @@ async def intercept(conn: GuestConn, reader: asyncio.StreamReader,
             await writer.drain()
 
     # A server that reflects the request must not hand the guest the real value.
-    scrubber = Scrubber(replacements.values())
-    await both(upstream(), downstream(conn, reader, counts, scrubber))
+    scrubber = ResponseScrubber([i.value for i in injections.values()],
+                                lambda: methods.popleft() if methods else b"GET")
+    await both(upstream(), scrubbed(conn, reader, counts, scrubber))
