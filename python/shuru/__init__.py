@@ -14,6 +14,7 @@ from .errors import (BootError, ConfigError, ExecError, ExecTimeoutError, GuestF
                      GuestFileNotFoundError, GuestPermissionError, HostError, ImageError,
                      ProtocolError, SandboxDiedError, SandboxStateError, ShuruError,
                      ShuruWarning)
+from .errors import ExecOutputLimitError
 from .process import ExecResult, OutputChunk, Process
 from .sandbox import AsyncSandbox, State
 from .sync import Sandbox, SyncProcess
@@ -28,4 +29,5 @@ __all__ = [
     "ShuruWarning", "BootError", "ConfigError", "ExecError", "ExecTimeoutError",
     "GuestFileError", "GuestFileNotFoundError", "GuestPermissionError", "HostError",
     "ImageError", "ProtocolError", "SandboxDiedError", "SandboxStateError", "__version__",
+    "ExecOutputLimitError",
 ]
