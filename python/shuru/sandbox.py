@@ -245,12 +245,12 @@ class AsyncSandbox:
         through `shell -c`; a list is the argv. On `timeout` the process group is killed
         and ExecTimeoutError carries the partial output; the same when stdout or stderr
         passes `max_output` bytes (16 MiB by default), with ExecOutputLimitError."""
-        channel = self._live_channel()
-        if isinstance(stdin, str):
-            stdin = stdin.encode()
         if isinstance(max_output, bool) or not isinstance(max_output, int) or max_output < 1:
             raise cfg.ConfigError([f"max_output must be a positive number of bytes, "
                                    f"not {max_output!r}"])
+        channel = self._live_channel()
+        if isinstance(stdin, str):
+            stdin = stdin.encode()
         return await run_to_completion(channel.open_stream(), to_argv(command, shell),
                                        stdin=stdin, timeout=timeout, max_output=max_output,
                                        **self._exec_options(cwd, env, user))
