@@ -5,7 +5,10 @@ socketpair to an agent subprocess). It performs the hello handshake, runs one re
 that decodes and validates every guest frame (`shuru_guest.wire`), routes messages to
 `Stream`s by id, and enforces flow control both ways: the host never sends more stdin than
 the guest granted, and a guest that sends more output than the host granted is cut off as a
-protocol violation. A guest is untrusted; nothing it sends may crash or exhaust the host.
+protocol violation. A guest is untrusted; nothing it sends may crash or exhaust the host:
+data travels on fixed fds only (to the host on 1 and 2, to the guest on 0), each stream keeps
+at most a window of unread bytes per fd and MAX_QUEUED other messages, and what the host
+writes without waiting for the guest (`send_nowait`) is bounded by _MAX_UNREAD.
 
 With networking on (`accept_guest_streams`), the guest may open streams of its own (even
 ids): one per captured TCP connection (`connect`) or DNS query (`dns`). Those become
