@@ -286,13 +286,14 @@ class Watch:
         self._callback = callback
         self.error: BaseException | None = None
         self._callback_failed = False
+        self._stopped = False
         self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
         try:
             while True:
                 msg = await self._stream.recv()
-                if msg["t"] == "event":
+                if msg["t"] == "event" and not self._stopped:
                     event = WatchEvent(msg["kind"], msg["path"], msg.get("dest"),
                                        bool(msg.get("is_dir", False)))
                     try:
@@ -330,7 +331,13 @@ class Watch:
 
     async def stop(self) -> None:
         """Stop watching; raises a callback's exception if one ended the watch. Safe to call
-        more than once, and after the sandbox stopped."""
+        more than once, after the sandbox stopped, and from the watch's own callback."""
+        self._stopped = True  # no event reaches the callback after this
+        if asyncio.current_task() is self._task:
+            # From the callback: the guest's answer to `cancel` ends the watch's loop.
+            with contextlib.suppress(ShuruError):
+                await self._stream.send("cancel")
+            return
         if not self._task.done():
             try:
                 await self._stream.send("cancel")

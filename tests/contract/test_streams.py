@@ -333,3 +333,38 @@ async def test_a_watch_ends_with_the_protocol_error_that_ended_the_channel(pair)
     with pytest.raises(ProtocolError, match="fd 5"):
         await w.wait(timeout=10)
     await w.stop()  # safe once the channel is gone; only a callback's failure is raised
+
+
+async def test_a_watch_can_stop_itself_from_its_callback(agent, tmp_path):
+    ch = agent.channel
+    seen, stopped = [], []
+
+    async def once(event):
+        seen.append(event.path)
+        await w.stop()  # e.g. "wait until this file appears"
+        stopped.append(True)  # old code: stop() waited on its own task, then cancelled it
+
+    w = await start_watch(ch, str(tmp_path), once)
+    files = Files(lambda: ch)
+    await files.write(str(tmp_path / "a.txt"), "x")
+    await w.wait(timeout=30)
+    await files.write(str(tmp_path / "b.txt"), "y")
+    await files.exists(str(tmp_path / "b.txt"))  # a round trip after the write
+    assert seen == [str(tmp_path / "a.txt")] and stopped == [True] and w.error is None
+    assert w._stream.id not in ch.streams
+
+
+# ---- streams the guest opens --------------------------------------------------------------
+
+@pytest.mark.parametrize("t, fields", [("data", {"fd": 2, "d": b"x"}), ("eof", {"fd": 0}),
+                                       ("credit", {"fd": 1, "n": 5})])
+async def test_a_connection_stream_on_the_wrong_fd_is_a_protocol_error(pair, t, fields):
+    ch, guest = pair
+    opened = []
+    ch.accept_guest_streams(opened.append)
+    await guest.send("connect", 2, ip="127.0.0.1", port=80)
+    await until(lambda: opened)
+    await guest.send(t, 2, **fields)
+    await until(lambda: not ch.is_open)
+    with pytest.raises(ProtocolError, match=f"fd {fields['fd']}"):
+        ch.check_open()
