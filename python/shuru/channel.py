@@ -48,20 +48,21 @@ GUEST_FDS = (1, 2)
 
 
 class _Inbox:
-    """A stream's unread messages, bounded whatever the guest sends. Data is kept as one
-    byte buffer per fd (at most the window each: `Stream._deliver` checks it) and handed
-    out in pieces of at most CHUNK bytes; every other message waits in a queue (at most
-    MAX_QUEUED, watch events counted apart so an overflowing watch still gets its
-    `result`) and remembers how much data of each fd came before it, so each fd's bytes
-    stay in order and nothing overtakes the data sent before it. Between fds, the one
-    whose unread bytes are oldest goes first."""
+    """A stream's unread messages, bounded whatever the guest sends. Data waits per fd (at
+    most the window each: `Stream._deliver` checks it) as chunks of at most CHUNK bytes, a
+    small frame merged into the chunk before it, so a run of tiny or empty frames costs no
+    more than the bytes they carry; every other message waits in a queue (at most
+    MAX_QUEUED, watch events counted apart so an overflowing watch still gets its `result`)
+    and remembers how much data of each fd came before it, so each fd's bytes stay in order
+    and nothing overtakes the data sent before it. Between fds, the one whose unread bytes
+    are oldest goes first."""
 
     def __init__(self, stream_id: int):
         self._id = stream_id
         self._items: collections.deque[tuple[dict, dict[int, int]]] = collections.deque()
-        self._data: dict[int, bytearray] = {}  # fd -> unread bytes
+        self._data: dict[int, collections.deque] = {}  # fd -> unread chunks
         self._got: dict[int, int] = {}  # fd -> bytes received in all
-        self._taken: dict[int, int] = {}  # fd -> bytes handed out in all
+        self._taken: dict[int, int] = {}  # fd -> bytes handed out (or dropped) in all
         self._pending: list[int] = []  # fds with unread bytes, oldest first
         self._ready = asyncio.Event()
         self._counts = {"event": 0, "other": 0}
@@ -70,10 +71,16 @@ class _Inbox:
         if msg["t"] == "data":
             fd, data = msg["fd"], msg["d"]
             if data:
-                buf = self._data.setdefault(fd, bytearray())
-                if not buf:
+                chunks = self._data.setdefault(fd, collections.deque())
+                if not chunks:
                     self._pending.append(fd)
-                buf += data
+                    chunks.append(data)
+                elif len(chunks[-1]) + len(data) <= wire.CHUNK:
+                    if not isinstance(chunks[-1], bytearray):
+                        chunks[-1] = bytearray(chunks[-1])
+                    chunks[-1] += data
+                else:
+                    chunks.append(data)
                 self._got[fd] = self._got.get(fd, 0) + len(data)
                 self._ready.set()
             return
@@ -95,18 +102,21 @@ class _Inbox:
         marks = self._items[0][1] if self._items else None
         for fd in self._pending:
             # Data that arrived before the next message goes first.
-            due = self._got[fd] if marks is None else marks.get(fd, 0)
-            if self._taken.get(fd, 0) < due:
-                buf = self._data[fd]
-                n = min(len(buf), wire.CHUNK, due - self._taken.get(fd, 0))
-                with memoryview(buf) as view:
-                    data = bytes(view[:n])
-                del buf[:n]
+            due = (self._got[fd] if marks is None else marks.get(fd, 0)) - self._taken.get(fd, 0)
+            if due > 0:
+                chunks = self._data[fd]
+                data = chunks[0]
+                n = min(len(data), wire.CHUNK, due)
+                if n < len(data):
+                    chunks[0] = data[n:]
+                    data = data[:n]
+                else:
+                    chunks.popleft()
                 self._taken[fd] = self._taken.get(fd, 0) + n
                 self._pending.remove(fd)
-                if buf:
+                if chunks:
                     self._pending.append(fd)  # the rest waits its turn behind the others
-                return {"t": "data", "s": self._id, "fd": fd, "d": data}
+                return {"t": "data", "s": self._id, "fd": fd, "d": bytes(data)}
         if not self._items:
             return None
         msg = self._items.popleft()[0]
@@ -122,17 +132,16 @@ class _Inbox:
 
     def clear(self) -> None:
         """Drop everything unread."""
-        for fd, buf in self._data.items():
-            self._taken[fd] = self._taken.get(fd, 0) + len(buf)
+        for fd, chunks in self._data.items():
+            self._taken[fd] = self._taken.get(fd, 0) + sum(len(c) for c in chunks)
         self._data.clear()
         self._pending.clear()
         self._items.clear()
         self._counts = {"event": 0, "other": 0}
 
     def qsize(self) -> int:
-        """Unread messages, counting each fd's unread data as the chunks it will be read in."""
-        chunks = sum(-(-len(buf) // wire.CHUNK) for buf in self._data.values())
-        return len(self._items) + chunks
+        """Unread messages, counting each fd's unread data as the chunks it is kept in."""
+        return len(self._items) + sum(len(chunks) for chunks in self._data.values())
 
 
 class Stream:

@@ -236,8 +236,15 @@ class Process:
         return self._iterate()
 
     async def _iterate(self):
+        self._check_not_in_callback("async for")
         while (chunk := await self._output.get()) is not None:
             yield chunk
+
+    def _check_not_in_callback(self, what: str) -> None:
+        if asyncio.current_task() is self._pump:
+            # The pump runs the callbacks; waiting for it from one would wait forever.
+            raise RuntimeError(f"{what} on a process from inside one of its own callbacks "
+                               "would wait for itself")
 
     async def write(self, data: bytes | str) -> None:
         """Write to the process's stdin (waits while the guest has no room for more)."""
@@ -262,6 +269,7 @@ class Process:
     async def wait(self, timeout: float | None = None) -> int:
         """Wait for the process to exit and its `exit` callbacks to run; return its exit
         code (128+N for signal N), or raise the error that ended its stream."""
+        self._check_not_in_callback("wait()")
         return await asyncio.wait_for(asyncio.shield(self._exit), timeout)
 
     @property

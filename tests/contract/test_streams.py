@@ -368,3 +368,14 @@ async def test_a_connection_stream_on_the_wrong_fd_is_a_protocol_error(pair, t, 
     await until(lambda: not ch.is_open)
     with pytest.raises(ProtocolError, match=f"fd {fields['fd']}"):
         ch.check_open()
+
+
+async def test_waiting_on_a_process_from_its_own_callback_is_refused_not_a_hang(agent):
+    proc = await spawn(agent.channel, ["sh", "-c", "echo hi; exec sleep 1000"])
+
+    async def waits(data):
+        await proc.wait()
+
+    proc.on("stdout", waits)
+    with pytest.raises(RuntimeError, match="its own callbacks"):
+        await proc.wait(timeout=10)
