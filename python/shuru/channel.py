@@ -169,11 +169,15 @@ class Stream:
         await self.channel.send(t, self.id, **fields)
 
     async def send_data(self, fd: int, data: bytes) -> None:
-        """Send bytes to the guest in chunks, never beyond the credit it granted."""
+        """Send bytes to the guest in chunks, never beyond the credit it granted. Once the
+        stream has ended (the process exited) the rest is dropped, as the guest drops what a
+        process that closed its stdin will never read."""
         view = memoryview(data)
         while view:
             while self._send_credit.get(fd, 0) <= 0:
                 self.channel.check_open()
+                if self.closed:
+                    return
                 self._credit_changed.clear()
                 await self._credit_changed.wait()
             n = min(len(view), wire.CHUNK, self._send_credit[fd])
@@ -250,6 +254,7 @@ class Stream:
     def close(self) -> None:
         self.closed = True
         self.channel.streams.pop(self.id, None)
+        self._credit_changed.set()  # a sender waiting for credit will get none now
 
     def _wake(self) -> None:
         """The channel failed: every waiter must see it."""

@@ -119,8 +119,7 @@ async def test_callbacks_and_exit_event(agent):
     out, codes = [], []
     proc = await spawn(agent.channel, ["sh", "-c", "echo a; echo b >&2; exit 4"])
     proc.on("stdout", out.append).on("exit", codes.append)
-    assert await proc.wait() == 4
-    await asyncio.sleep(0)
+    assert await proc.wait() == 4  # the exit callbacks have run by now
     assert b"".join(out) == b"a\n" and codes == [4]
 
 

@@ -379,3 +379,15 @@ async def test_waiting_on_a_process_from_its_own_callback_is_refused_not_a_hang(
     proc.on("stdout", waits)
     with pytest.raises(RuntimeError, match="its own callbacks"):
         await proc.wait(timeout=10)
+
+
+async def test_a_write_waiting_for_credit_ends_when_the_process_exits(agent):
+    # The process never reads its stdin: the host runs out of credit and waits. Once the
+    # process is gone nobody will grant more, so the write must end, dropping the rest (as
+    # the guest drops what a process that closed its stdin will never read).
+    proc = await spawn(agent.channel, ["sleep", "1000"])
+    writer = asyncio.create_task(proc.write(b"x" * (4 * wire.WINDOW)))
+    await until(lambda: proc._stream._send_credit[0] <= 0)
+    await proc.kill()
+    assert await proc.wait(timeout=10) == 128 + signal.SIGKILL
+    await asyncio.wait_for(writer, 10)
