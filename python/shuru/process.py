@@ -247,7 +247,8 @@ class Process:
                                "would wait for itself")
 
     async def write(self, data: bytes | str) -> None:
-        """Write to the process's stdin (waits while the guest has no room for more)."""
+        """Write to the process's stdin (waits while the guest has no room for more). What
+        the process can no longer read, because it closed its stdin or exited, is dropped."""
         if isinstance(data, str):
             data = data.encode()
         await self._stream.send_data(0, data)
