@@ -194,6 +194,8 @@ class Stream:
 
     async def consumed(self, fd: int, n: int) -> None:
         """The application took `n` bytes of `fd` off our hands: grant the guest more."""
+        if self.discarding:
+            return  # discard() already counted everything received as consumed
         self._received[fd] = self._received.get(fd, 0) - n
         self._unacked[fd] = self._unacked.get(fd, 0) + n
         if self._unacked[fd] >= wire.WINDOW // 4 and not self.closed:
@@ -239,8 +241,11 @@ class Stream:
             return
         self.discarding = True
         self.inbox.clear()
-        for fd in GUEST_FDS:
-            self._grant_now(fd)
+        try:
+            for fd in GUEST_FDS:
+                self._grant_now(fd)
+        except ProtocolError as e:  # the guest does not read: end the channel as the reader would
+            self.channel._fail(e)
 
     def _grant_now(self, fd: int) -> None:
         # Everything received is as good as consumed. Granted in batches, so a guest that

@@ -212,11 +212,13 @@ class Process:
                     await self._emit("exit", self.exit_code)
                     break
         except BaseException as e:
-            if e is self._callback_error:
-                await abandon(self._stream)  # nobody is left to take its output
-            else:
-                self._stream.close()
-            self._finish(e)
+            try:
+                if e is self._callback_error:
+                    await abandon(self._stream)  # nobody is left to take its output
+                else:
+                    self._stream.close()
+            finally:
+                self._finish(e)
             if not isinstance(e, Exception):
                 raise
             return
