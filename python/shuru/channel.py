@@ -559,8 +559,11 @@ class Channel:
         fut = asyncio.get_running_loop().create_future()
         ping_id = next(self._ping_ids)
         self._pings[ping_id] = fut
-        await self.send("ping", 0, id=ping_id)
-        await fut
+        try:
+            await self.send("ping", 0, id=ping_id)
+            await fut
+        finally:
+            self._pings.pop(ping_id, None)  # a ping given up on leaves nothing behind
 
     async def _request(self, t: str, reply: str) -> None:
         fut = self._acks[reply] = asyncio.get_running_loop().create_future()

@@ -391,3 +391,17 @@ async def test_a_write_waiting_for_credit_ends_when_the_process_exits(agent):
     await proc.kill()
     assert await proc.wait(timeout=10) == 128 + signal.SIGKILL
     await asyncio.wait_for(writer, 10)
+
+
+async def test_pings_the_guest_never_answers_leave_nothing_behind(pair):
+    ch, guest = pair
+    for _ in range(3):
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(ch.ping(), 0.05)
+    assert ch._pings == {}
+    answered = asyncio.create_task(ch.ping())
+    for _ in range(4):  # the three given up on, then this one
+        ping = await guest.expect("ping", 0)
+    await guest.send("pong", 0, id=ping["id"])
+    await asyncio.wait_for(answered, 10)
+    assert ch._pings == {}
