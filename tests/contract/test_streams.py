@@ -405,3 +405,27 @@ async def test_pings_the_guest_never_answers_leave_nothing_behind(pair):
     await guest.send("pong", 0, id=ping["id"])
     await asyncio.wait_for(answered, 10)
     assert ch._pings == {}
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+async def test_cancelling_an_exec_kills_its_process(agent, tmp_path):
+    ch = agent.channel
+    pidfile = tmp_path / "pid"
+    stream = ch.open_stream()
+    call = asyncio.create_task(run_to_completion(
+        stream, ["sh", "-c", f"echo $$ > {pidfile}; echo up; exec sleep 1000"], stdin=None,
+        timeout=None))
+    await until(lambda: stream._received.get(1, 0) > 0)  # "up": the pid file is written
+    pid = int(pidfile.read_text())
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    await until(lambda: _gone(pid))  # killed, and reaped by the agent
+    await until(lambda: stream.id not in ch.streams)
