@@ -85,12 +85,19 @@ async def start_stream(stream: Stream, argv: list[str], **options) -> int:
     """Send exec and wait for the guest to say the process started; returns its pid."""
     fields = {k: v for k, v in options.items() if v is not None}
     await stream.send("exec", argv=argv, **fields)
-    msg = await stream.recv()
+    try:
+        msg = await stream.recv()
+    except BaseException:
+        # Cancelled (or the channel failed) while the guest may be starting it: whatever
+        # starts is killed, as nobody will ever hold its Process.
+        await abandon(stream)
+        raise
     if msg["t"] == "started":
         return msg["pid"]
-    stream.close()
     if msg["t"] == "error":
+        stream.close()
         raise ExecError(f"cannot start {argv[0]!r} in the guest: {msg['message']}")
+    await abandon(stream)
     raise ExecError(f"unexpected {msg['t']!r} from the guest while starting {argv[0]!r}")
 
 

@@ -147,6 +147,19 @@ async def test_tiny_and_empty_frames_on_both_fds_stay_bounded(pair):
     assert bytes(got[2]) == bytes(i * 7 % 251 for i in range(n))
 
 
+async def test_pings_the_guest_never_answers_leave_nothing_behind(pair):
+    ch, guest = pair
+    for _ in range(3):
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(ch.ping(), 0.05)
+    assert ch._pings == {}
+    answered = asyncio.create_task(ch.ping())
+    for _ in range(4):  # the three given up on, then this one
+        ping = await guest.expect("ping", 0)
+    await guest.send("pong", 0, id=ping["id"])
+    await asyncio.wait_for(answered, 10)
+    assert ch._pings == {}
+
 # ---- calls that must end ------------------------------------------------------------------------
 
 async def test_wait_and_iteration_end_when_the_guest_breaks_the_protocol(pair):
@@ -293,6 +306,46 @@ async def test_an_abandoned_exec_is_drained_so_the_guest_can_end_it(pair, how):
     assert ch.is_open
 
 
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+async def test_cancelling_an_exec_kills_its_process(agent, tmp_path):
+    ch = agent.channel
+    pidfile = tmp_path / "pid"
+    stream = ch.open_stream()
+    call = asyncio.create_task(run_to_completion(
+        stream, ["sh", "-c", f"echo $$ > {pidfile}; exec sleep 1000"], stdin=None,
+        timeout=None))
+    await until(lambda: pidfile.exists() and pidfile.read_text().endswith("\n"))
+    pid = int(pidfile.read_text())
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    await until(lambda: _gone(pid))  # killed, and reaped by the agent
+    await until(lambda: stream.id not in ch.streams)
+
+
+async def test_a_call_cancelled_while_its_process_starts_kills_it(pair):
+    # Between `exec` and `started` the caller has no Process yet; if it gives up then, the
+    # process the guest is starting must not live on unseen.
+    ch, guest = pair
+    stream = ch.open_stream()
+    starting = asyncio.create_task(start_stream(stream, ["prog"]))
+    await guest.expect("exec", stream.id)
+    starting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await starting
+    kill = await guest.expect("signal", stream.id)
+    assert (kill["sig"], kill.get("group")) == (signal.SIGKILL, True)
+    await guest.send("started", stream.id, pid=4242)
+    await guest.send("exit", stream.id, code=None, signal=9)
+    await until(lambda: stream.id not in ch.streams)
+
 # ---- watches ----------------------------------------------------------------------------
 
 async def test_a_watch_whose_callback_raises_ends_and_says_so(agent, tmp_path):
@@ -392,40 +445,3 @@ async def test_a_write_waiting_for_credit_ends_when_the_process_exits(agent):
     assert await proc.wait(timeout=10) == 128 + signal.SIGKILL
     await asyncio.wait_for(writer, 10)
 
-
-async def test_pings_the_guest_never_answers_leave_nothing_behind(pair):
-    ch, guest = pair
-    for _ in range(3):
-        with pytest.raises(asyncio.TimeoutError):
-            await asyncio.wait_for(ch.ping(), 0.05)
-    assert ch._pings == {}
-    answered = asyncio.create_task(ch.ping())
-    for _ in range(4):  # the three given up on, then this one
-        ping = await guest.expect("ping", 0)
-    await guest.send("pong", 0, id=ping["id"])
-    await asyncio.wait_for(answered, 10)
-    assert ch._pings == {}
-
-
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
-
-
-async def test_cancelling_an_exec_kills_its_process(agent, tmp_path):
-    ch = agent.channel
-    pidfile = tmp_path / "pid"
-    stream = ch.open_stream()
-    call = asyncio.create_task(run_to_completion(
-        stream, ["sh", "-c", f"echo $$ > {pidfile}; echo up; exec sleep 1000"], stdin=None,
-        timeout=None))
-    await until(lambda: stream._received.get(1, 0) > 0)  # "up": the pid file is written
-    pid = int(pidfile.read_text())
-    call.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await call
-    await until(lambda: _gone(pid))  # killed, and reaped by the agent
-    await until(lambda: stream.id not in ch.streams)
