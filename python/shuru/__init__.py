@@ -10,12 +10,12 @@
 
 from importlib.metadata import PackageNotFoundError, version as _version
 
-from .errors import (BootError, CheckpointError, ConfigError, ExecError, ExecTimeoutError,
-                     GuestFileError, GuestFileExistsError, GuestFileNotFoundError,
-                     GuestIsADirectoryError, GuestNotADirectoryError, GuestPermissionError,
-                     HostError, HTTPError, ImageError, PortError, ProtocolError, QMPError,
-                     Refused, SandboxDiedError, SandboxStateError, ShuruError, ShuruWarning,
-                     StaleStateError, UpstreamError)
+from .errors import (BootError, CheckpointError, ConfigError, ExecError, ExecOutputLimitError,
+                     ExecTimeoutError, GuestFileError, GuestFileExistsError,
+                     GuestFileNotFoundError, GuestIsADirectoryError, GuestNotADirectoryError,
+                     GuestPermissionError, HostError, HTTPError, ImageError, PortError,
+                     ProtocolError, QMPError, Refused, SandboxDiedError, SandboxStateError,
+                     ShuruError, ShuruWarning, StaleStateError, UpstreamError)
 from .process import ExecResult, OutputChunk, Process
 from .sandbox import AsyncSandbox, State
 from .sync import Sandbox, SyncProcess
@@ -28,9 +28,9 @@ except PackageNotFoundError:  # running from a source tree without an install
 __all__ = [
     "AsyncSandbox", "Sandbox", "SyncProcess", "State", "ExecResult", "OutputChunk", "Process",
     "ShuruError", "ShuruWarning", "BootError", "CheckpointError", "ConfigError", "ExecError",
-    "ExecTimeoutError", "GuestFileError", "GuestFileExistsError", "GuestFileNotFoundError",
-    "GuestIsADirectoryError", "GuestNotADirectoryError", "GuestPermissionError", "HostError",
-    "HTTPError", "ImageError", "ProtocolError", "QMPError", "SandboxDiedError",
-    "SandboxStateError", "StaleStateError", "UpstreamError", "PortError", "Refused",
-    "__version__",
+    "ExecOutputLimitError", "ExecTimeoutError", "GuestFileError", "GuestFileExistsError",
+    "GuestFileNotFoundError", "GuestIsADirectoryError", "GuestNotADirectoryError",
+    "GuestPermissionError", "HostError", "HTTPError", "ImageError", "PortError", "ProtocolError",
+    "QMPError", "Refused", "SandboxDiedError", "SandboxStateError", "StaleStateError",
+    "UpstreamError", "__version__",
 ]

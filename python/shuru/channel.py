@@ -5,7 +5,10 @@ socketpair to an agent subprocess). It performs the hello handshake, runs one re
 that decodes and validates every guest frame (`shuru_guest.wire`), routes messages to
 `Stream`s by id, and enforces flow control both ways: the host never sends more stdin than
 the guest granted, and a guest that sends more output than the host granted is cut off as a
-protocol violation. A guest is untrusted; nothing it sends may crash or exhaust the host.
+protocol violation. A guest is untrusted; nothing it sends may crash or exhaust the host:
+data travels on fixed fds only (to the host on 1 and 2, to the guest on 0), each stream keeps
+at most a window of unread bytes per fd and MAX_QUEUED other messages, and what the host
+writes without waiting for the guest (`send_nowait`) is bounded by _MAX_UNREAD.
 
 With networking on (`accept_guest_streams`), the guest may open streams of its own (even
 ids): one per captured TCP connection (`connect`) or DNS query (`dns`). Those become
@@ -26,66 +29,129 @@ from .errors import ProtocolError, SandboxDiedError
 
 _CLOSED = {"t": "_closed", "s": -1}
 MAX_GUEST_STREAMS = 256
-# Refusals are written without waiting for the guest to read them; a guest that keeps
-# opening streams without reading its channel is cut off before this much piles up.
+# Refusals and credit for discarded data are written without waiting for the guest to read
+# them (`send_nowait`); a guest that keeps sending without reading its channel is cut off
+# before this much piles up.
 _MAX_UNREAD = 4 * 1024 * 1024
 
 
-# Unread messages one stream may hold. Data needs no count (the window bounds its bytes, and
-# small chunks merge), so this bounds what else a guest can pile up: a run of `started` or
-# `result` frames is a protocol error, a run of watch events that nobody reads becomes one
-# `overflow` event, as the kernel's inotify does.
+# Unread messages one stream may hold besides data (whose bytes the window bounds, kept per
+# fd in one buffer each, so frame sizes do not matter): a run of `started` or `result`
+# frames is a protocol error, a run of watch events that nobody reads becomes one `overflow`
+# event, as the kernel's inotify does.
 MAX_QUEUED = 4096
 _OVERFLOW = {"t": "event", "kind": "overflow", "path": "", "is_dir": False, "_uncounted": True}
+# The only fds that carry data from the guest on a host-opened stream: stdout and stderr (a
+# file being read arrives as fd 1). Anything else is a protocol error, so no guest can make
+# the host keep an entry per fd number it invents.
+GUEST_FDS = (1, 2)
 
 
 class _Inbox:
-    """A stream's unread messages, bounded (see MAX_QUEUED): watch events and the other
-    messages are counted apart, so an overflowing watch still gets its `result`."""
+    """A stream's unread messages, bounded whatever the guest sends. Data waits per fd (at
+    most the window each: `Stream._deliver` checks it) as chunks of at most CHUNK bytes, a
+    small frame merged into the chunk before it, so a run of tiny or empty frames costs no
+    more than the bytes they carry; every other message waits in a queue (at most
+    MAX_QUEUED, watch events counted apart so an overflowing watch still gets its `result`)
+    and remembers how much data of each fd came before it, so each fd's bytes stay in order
+    and nothing overtakes the data sent before it. Between fds, the one whose unread bytes
+    are oldest goes first."""
 
     def __init__(self, stream_id: int):
         self._id = stream_id
-        self._items: collections.deque[dict] = collections.deque()
+        self._items: collections.deque[tuple[dict, dict[int, int]]] = collections.deque()
+        self._data: dict[int, collections.deque] = {}  # fd -> unread chunks
+        self._got: dict[int, int] = {}  # fd -> bytes received in all
+        self._taken: dict[int, int] = {}  # fd -> bytes handed out (or dropped) in all
+        self._pending: list[int] = []  # fds with unread bytes, oldest first
         self._ready = asyncio.Event()
         self._counts = {"event": 0, "other": 0}
 
     def put_nowait(self, msg: dict) -> None:
-        last = self._items[-1] if self._items else None
-        if (msg["t"] == "data" and last is not None and last["t"] == "data"
-                and last["fd"] == msg["fd"] and len(last["d"]) + len(msg["d"]) <= wire.CHUNK):
-            if not isinstance(last["d"], bytearray):
-                last["d"] = bytearray(last["d"])
-            last["d"] += msg["d"]
+        if msg["t"] == "data":
+            fd, data = msg["fd"], msg["d"]
+            if data:
+                chunks = self._data.setdefault(fd, collections.deque())
+                if not chunks:
+                    self._pending.append(fd)
+                    chunks.append(data)
+                elif len(chunks[-1]) + len(data) <= wire.CHUNK:
+                    if not isinstance(chunks[-1], bytearray):
+                        chunks[-1] = bytearray(chunks[-1])
+                    chunks[-1] += data
+                else:
+                    chunks.append(data)
+                self._got[fd] = self._got.get(fd, 0) + len(data)
+                self._ready.set()
             return
         kind = "event" if msg["t"] == "event" else "other"
         if self._counts[kind] >= MAX_QUEUED and msg is not _CLOSED:
             if kind == "other":
                 raise ProtocolError(f"guest sent more than {MAX_QUEUED} unread messages on "
                                     f"stream {self._id}")
+            last = self._items[-1][0] if self._items else None
             if last is None or last.get("kind") != "overflow":
-                self._items.append(dict(_OVERFLOW, s=self._id))
+                self._items.append((dict(_OVERFLOW, s=self._id), dict(self._got)))
             return
-        self._counts[kind] += 1
-        self._items.append(msg)
+        if msg is not _CLOSED:
+            self._counts[kind] += 1
+        self._items.append((msg, dict(self._got)))
         self._ready.set()
 
-    async def get(self) -> dict:
-        while not self._items:
-            self._ready.clear()
-            await self._ready.wait()
-        msg = self._items.popleft()
+    def _next(self) -> dict | None:
+        marks = self._items[0][1] if self._items else None
+        for fd in self._pending:
+            # Data that arrived before the next message goes first.
+            due = (self._got[fd] if marks is None else marks.get(fd, 0)) - self._taken.get(fd, 0)
+            if due > 0:
+                chunks = self._data[fd]
+                data = chunks[0]
+                n = min(len(data), wire.CHUNK, due)
+                if n < len(data):
+                    chunks[0] = data[n:]
+                    data = data[:n]
+                else:
+                    chunks.popleft()
+                self._taken[fd] = self._taken.get(fd, 0) + n
+                self._pending.remove(fd)
+                if chunks:
+                    self._pending.append(fd)  # the rest waits its turn behind the others
+                return {"t": "data", "s": self._id, "fd": fd, "d": bytes(data)}
+        if not self._items:
+            return None
+        msg = self._items.popleft()[0]
         if msg is not _CLOSED and not msg.pop("_uncounted", False):
             self._counts["event" if msg["t"] == "event" else "other"] -= 1
-        if isinstance(msg.get("d"), bytearray):
-            msg["d"] = bytes(msg["d"])
         return msg
 
+    async def get(self) -> dict:
+        while (msg := self._next()) is None:
+            self._ready.clear()
+            await self._ready.wait()
+        return msg
+
+    def clear(self) -> None:
+        """Drop everything unread."""
+        for fd, chunks in self._data.items():
+            self._taken[fd] = self._taken.get(fd, 0) + sum(len(c) for c in chunks)
+        self._data.clear()
+        self._pending.clear()
+        self._items.clear()
+        self._counts = {"event": 0, "other": 0}
+
     def qsize(self) -> int:
-        return len(self._items)
+        """Unread messages, counting each fd's unread data as the chunks it is kept in."""
+        return len(self._items) + sum(len(chunks) for chunks in self._data.values())
 
 
 class Stream:
-    """One multiplexed conversation (an exec, later a file transfer or a connection)."""
+    """One multiplexed conversation the host opened (an exec, a file transfer, a watch).
+
+    What the guest sends waits in the inbox until `recv`; data on fd 1 and 2 only, never
+    more per fd than the window, which the consumer reopens with `consumed`. A stream whose
+    reader gives up while the guest's end still runs (a process being killed) is `discard`ed:
+    it drops what arrives, keeps granting credit so the guest can finish, and ends at the
+    guest's final message."""
 
     def __init__(self, channel: "Channel", stream_id: int):
         self.channel = channel
@@ -93,19 +159,25 @@ class Stream:
         self.inbox = _Inbox(stream_id)
         self._send_credit = {0: wire.WINDOW}
         self._credit_changed = asyncio.Event()
-        self._received = {}  # fd -> bytes received but not yet granted back
+        self._received = {}  # fd -> bytes received but not yet consumed
         self._unacked = {}  # fd -> bytes consumed but not yet granted back
         self.closed = False
+        self.discarding = False
+        self.broken = asyncio.Event()  # set when the channel failed under this stream
 
     async def send(self, t: str, **fields) -> None:
         await self.channel.send(t, self.id, **fields)
 
     async def send_data(self, fd: int, data: bytes) -> None:
-        """Send bytes to the guest in chunks, never beyond the credit it granted."""
+        """Send bytes to the guest in chunks, never beyond the credit it granted. Once the
+        stream has ended (the process exited) the rest is dropped, as the guest drops what a
+        process that closed its stdin will never read."""
         view = memoryview(data)
         while view:
             while self._send_credit.get(fd, 0) <= 0:
                 self.channel.check_open()
+                if self.closed:
+                    return
                 self._credit_changed.clear()
                 await self._credit_changed.wait()
             n = min(len(view), wire.CHUNK, self._send_credit[fd])
@@ -122,6 +194,8 @@ class Stream:
 
     async def consumed(self, fd: int, n: int) -> None:
         """The application took `n` bytes of `fd` off our hands: grant the guest more."""
+        if self.discarding:
+            return  # discard() already counted everything received as consumed
         self._received[fd] = self._received.get(fd, 0) - n
         self._unacked[fd] = self._unacked.get(fd, 0) + n
         if self._unacked[fd] >= wire.WINDOW // 4 and not self.closed:
@@ -131,6 +205,9 @@ class Stream:
 
     def _deliver(self, msg: dict) -> None:
         t = msg["t"]
+        if t in ("data", "eof") and msg["fd"] not in GUEST_FDS:
+            raise ProtocolError(f"guest sent {t} on fd {msg['fd']} of stream {self.id}: only "
+                                "stdout (1) and stderr (2) carry data to the host")
         if t == "data":
             fd = msg["fd"]
             outstanding = self._received.get(fd, 0) + len(msg["d"])
@@ -139,21 +216,56 @@ class Stream:
                     f"guest sent {outstanding} bytes on stream {self.id} fd {fd}, "
                     f"beyond the {wire.WINDOW}-byte window it was granted")
             self._received[fd] = outstanding
+            if self.discarding:
+                self._grant_now(fd)
+                return
         elif t == "credit":
-            fd = msg["fd"]
-            self._send_credit[fd] = min(self._send_credit.get(fd, 0) + msg["n"], 2**40)
+            if msg["fd"] != 0:
+                raise ProtocolError(f"guest granted credit on fd {msg['fd']} of stream "
+                                    f"{self.id}: the host sends data on fd 0 only")
+            self._send_credit[0] = min(self._send_credit[0] + max(0, msg["n"]), 2**40)
             self._credit_changed.set()
             return
+        elif self.discarding:
+            if t in ("exit", "result", "error"):  # the guest's end is over
+                self.close()
+            return
         self.inbox.put_nowait(msg)
+
+    def discard(self) -> None:
+        """Nobody will read this stream again, but the guest's end goes on: drop what is
+        unread and whatever still comes, granting its credit back as it arrives (so a
+        process being killed can flush its pipes and exit, and the guest forget the
+        stream), until the guest's final message closes the stream."""
+        if self.closed or self.discarding:
+            return
+        self.discarding = True
+        self.inbox.clear()
+        try:
+            for fd in GUEST_FDS:
+                self._grant_now(fd)
+        except ProtocolError as e:  # the guest does not read: end the channel as the reader would
+            self.channel._fail(e)
+
+    def _grant_now(self, fd: int) -> None:
+        # Everything received is as good as consumed. Granted in batches, so a guest that
+        # sends tiny frames gets few credit frames back.
+        self._unacked[fd] = self._unacked.get(fd, 0) + self._received.get(fd, 0)
+        self._received[fd] = 0
+        if self._unacked[fd] >= wire.WINDOW // 4:
+            grant, self._unacked[fd] = self._unacked[fd], 0
+            self.channel.send_nowait("credit", self.id, fd=fd, n=grant)
 
     def close(self) -> None:
         self.closed = True
         self.channel.streams.pop(self.id, None)
+        self._credit_changed.set()  # a sender waiting for credit will get none now
 
     def _wake(self) -> None:
         """The channel failed: every waiter must see it."""
         self.inbox.put_nowait(_CLOSED)
         self._credit_changed.set()
+        self.broken.set()
 
 
 class GuestStream(Stream):
@@ -174,7 +286,10 @@ class GuestStream(Stream):
 
     def _deliver(self, msg: dict) -> None:
         t = msg["t"]
-        if t == "data" and msg["fd"] == 1:
+        if t in ("data", "eof", "credit") and msg["fd"] != (0 if t == "credit" else 1):
+            raise ProtocolError(f"guest sent {t} on fd {msg['fd']} of connection stream "
+                                f"{self.id}: its bytes go on fd 1, the host's on fd 0")
+        if t == "data":
             if self.eof or self.reset:
                 return
             self._outstanding += len(msg["d"])
@@ -183,12 +298,12 @@ class GuestStream(Stream):
                     f"guest sent {self._outstanding} bytes on stream {self.id}, "
                     f"beyond the {wire.WINDOW}-byte window it was granted")
             self._buf += msg["d"]
-        elif t == "eof" and msg["fd"] == 1:
+        elif t == "eof":
             self.eof = True
         elif t in ("close", "error"):
             self.reset = True
             self._credit_changed.set()
-        elif t == "credit" and msg["fd"] == 0:
+        elif t == "credit":
             self._send_credit[0] = min(self._send_credit[0] + max(0, msg["n"]), 2**40)
             self._credit_changed.set()
             return
@@ -367,10 +482,7 @@ class Channel:
         self._guest_last = s
         if self._on_guest_stream is None or self._guest_open >= MAX_GUEST_STREAMS:
             # Networking is off, or the guest has too many open: it resets the connection.
-            if self.writer.transport.get_write_buffer_size() > _MAX_UNREAD:
-                raise ProtocolError("the guest keeps opening streams without reading the "
-                                    "host's answers")
-            self.writer.write(wire.message("close", s))
+            self.send_nowait("close", s)
             return
         stream = GuestStream(self, s, msg)
         self.streams[s] = stream
@@ -428,6 +540,15 @@ class Channel:
                                         console_tail=self._describe_death()))
             raise self.closed_error() from None
 
+    def send_nowait(self, t: str, s: int, **fields) -> None:
+        """Queue a frame from the reader's own path (a refusal, credit for discarded data)
+        without waiting for the guest to read it. Each is answered to something the guest
+        sent, so a guest that keeps sending without reading its channel is cut off before
+        this much piles up."""
+        if self.writer.transport.get_write_buffer_size() > _MAX_UNREAD:
+            raise ProtocolError("the guest keeps sending without reading the host's answers")
+        self.writer.write(wire.message(t, s, **fields))
+
     def open_stream(self, factory=Stream) -> Stream:
         """A new host-opened stream; `factory(channel, id)` makes it (a Stream subclass)."""
         self.check_open()
@@ -439,8 +560,11 @@ class Channel:
         fut = asyncio.get_running_loop().create_future()
         ping_id = next(self._ping_ids)
         self._pings[ping_id] = fut
-        await self.send("ping", 0, id=ping_id)
-        await fut
+        try:
+            await self.send("ping", 0, id=ping_id)
+            await fut
+        finally:
+            self._pings.pop(ping_id, None)  # a ping given up on leaves nothing behind
 
     async def _request(self, t: str, reply: str) -> None:
         fut = self._acks[reply] = asyncio.get_running_loop().create_future()

@@ -114,6 +114,20 @@ class ExecTimeoutError(ShuruError, TimeoutError):
         _set_os_fields(self, "ETIMEDOUT", message, None)
 
 
+class ExecOutputLimitError(ShuruError):
+    """A command wrote more than `exec`'s `max_output` bytes to one stream (`stream`:
+    "stdout" or "stderr"); its process group was killed. Carries the first `limit` bytes of
+    each stream."""
+
+    def __init__(self, message: str, *, stdout: bytes = b"", stderr: bytes = b"", limit: int,
+                 stream: str, hint: str | None = None):
+        self.stdout = stdout
+        self.stderr = stderr
+        self.limit = limit
+        self.stream = stream
+        super().__init__(message, hint=hint)
+
+
 class GuestFileError(ShuruError, OSError):
     """A file operation failed inside the guest. `path` is the guest path, `code` the errno
     name the guest reported (e.g. 'ENOENT'). Also an `OSError`; the subclasses below are the

@@ -10,6 +10,8 @@ carrying the guest path.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -271,40 +273,83 @@ async def _send_all(stream: Stream, data) -> None:
 
 
 class Watch:
-    """A running watch; events go to the callback until `stop()`."""
+    """A running watch; events go to the callback until `stop()`. A callback that raises
+    ends the watch (the guest stops watching): `stop()` and `wait()` raise its exception,
+    and if neither is ever called asyncio reports it as never retrieved. `error` holds
+    whatever ended the watch other than `stop()`."""
 
     def __init__(self, stream: Stream, path: str, callback: Callable):
         self._stream = stream
         self.path = path
         self._callback = callback
-        self._task = asyncio.create_task(self._run())
         self.error: BaseException | None = None
+        self._callback_failed = False
+        self._stopped = False
+        self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
         try:
             while True:
                 msg = await self._stream.recv()
-                if msg["t"] == "event":
+                if msg["t"] == "event" and not self._stopped:
                     event = WatchEvent(msg["kind"], msg["path"], msg.get("dest"),
                                        bool(msg.get("is_dir", False)))
-                    result = self._callback(event)
-                    if asyncio.iscoroutine(result):
-                        await result
-                elif msg["t"] in ("result", "error"):
+                    try:
+                        result = self._callback(event)
+                        if inspect.isawaitable(result):
+                            await result
+                    except Exception as e:
+                        self.error, self._callback_failed = e, True
+                        break
+                elif msg["t"] == "result":
                     return
-        except ShuruError as e:
+                elif msg["t"] == "error":
+                    self.error = guest_error(msg, self.path)
+                    return
+        except ShuruError as e:  # the channel failed or the guest broke the protocol
             self.error = e
+            return
         finally:
-            self._stream.close()
+            if not self._callback_failed:
+                self._stream.close()
+        # The callback failed: the guest stops watching, what it still sends is dropped.
+        self._stream.discard()
+        with contextlib.suppress(ShuruError):
+            await self._stream.send("cancel")
+        raise self.error
+
+    async def wait(self, timeout: float | None = None) -> None:
+        """Wait until the watch ends: returns after `stop()` or when the guest ended it;
+        raises the error that ended it otherwise (a callback's exception, GuestFileError,
+        ProtocolError, SandboxDiedError)."""
+        await asyncio.wait_for(asyncio.wait({self._task}), timeout)
+        self._retrieve()
+        if self.error is not None:
+            raise self.error
 
     async def stop(self) -> None:
-        """Stop watching. Safe to call more than once, and after the sandbox stopped."""
+        """Stop watching; raises a callback's exception if one ended the watch. Safe to call
+        more than once, after the sandbox stopped, and from the watch's own callback."""
+        self._stopped = True  # no event reaches the callback after this
+        if asyncio.current_task() is self._task:
+            # From the callback: the guest's answer to `cancel` ends the watch's loop.
+            with contextlib.suppress(ShuruError):
+                await self._stream.send("cancel")
+            return
         if not self._task.done():
             try:
                 await self._stream.send("cancel")
-                await asyncio.wait_for(asyncio.shield(self._task), 10)
+                await asyncio.wait_for(asyncio.wait({self._task}), 10)
             except (ShuruError, asyncio.TimeoutError):
                 self._task.cancel()
+                await asyncio.wait({self._task})
+        self._retrieve()
+        if self._callback_failed:
+            raise self.error
+
+    def _retrieve(self) -> None:
+        if not self._task.cancelled():
+            self._task.exception()  # it is reported here, not as "never retrieved"
 
 
 async def start_watch(channel: Channel, path: str, callback: Callable,

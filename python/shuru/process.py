@@ -3,22 +3,41 @@
 A `Process` owns one exec stream. A pump task reads the stream and hands output to the
 callbacks registered with `on(...)` and to async iteration; credit goes back to the guest only
 as output is consumed, so a slow consumer slows the guest process instead of growing host
-memory. `run_to_completion` is the collect-everything path behind `sandbox.exec`.
+memory. Whatever ends the stream ends every waiting call with it: `wait()` and iteration
+return after the exit callbacks ran, or raise the error that ended the stream (a callback's
+exception, which also kills the process; ProtocolError; SandboxDiedError).
+`run_to_completion` is the collect-everything path behind `sandbox.exec`; it keeps at most
+`max_output` bytes of each stream, and past that kills the process and raises
+ExecOutputLimitError with what it kept.
+
+What the host holds per process is bounded whatever the guest does: per stream at most the
+window (1 MiB) unread in the channel (see `channel.Stream`), plus, for a `Process`, at most
+_ITER_BYTES waiting for iteration, and, for `exec`, the kept output.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import inspect
 import signal as _signal
 from dataclasses import dataclass
 from typing import Callable
 
+from shuru_guest import wire
+
 from .channel import Stream
-from .errors import ExecError, ExecTimeoutError, SandboxDiedError
+from .errors import ExecError, ExecOutputLimitError, ExecTimeoutError, ShuruError
 
 STDOUT, STDERR = 1, 2
-_ITER_QUEUE = 256  # chunks buffered for async iteration before the guest is slowed down
+_NAMES = {STDOUT: "stdout", STDERR: "stderr"}
+# Output waiting for async iteration before the guest is slowed down: the pump (and with it
+# the credit) waits while either bound is reached.
+_ITER_QUEUE = 256
+_ITER_BYTES = wire.WINDOW
+# What `exec` keeps of each of stdout and stderr unless told otherwise (`max_output=`).
+DEFAULT_MAX_OUTPUT = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -66,36 +85,109 @@ async def start_stream(stream: Stream, argv: list[str], **options) -> int:
     """Send exec and wait for the guest to say the process started; returns its pid."""
     fields = {k: v for k, v in options.items() if v is not None}
     await stream.send("exec", argv=argv, **fields)
-    msg = await stream.recv()
+    try:
+        msg = await stream.recv()
+    except BaseException:
+        # Cancelled (or the channel failed) while the guest may be starting it: whatever
+        # starts is killed, as nobody will ever hold its Process.
+        await abandon(stream)
+        raise
     if msg["t"] == "started":
         return msg["pid"]
-    stream.close()
     if msg["t"] == "error":
+        stream.close()
         raise ExecError(f"cannot start {argv[0]!r} in the guest: {msg['message']}")
+    await abandon(stream)
     raise ExecError(f"unexpected {msg['t']!r} from the guest while starting {argv[0]!r}")
+
+
+async def abandon(stream: Stream) -> None:
+    """The host gives up on a process that is still running: kill its process group and
+    drop the rest of its output (credited back, so the guest can finish the stream)."""
+    if stream.closed:
+        return
+    stream.discard()
+    with contextlib.suppress(ShuruError):
+        await stream.send("signal", sig=int(_signal.SIGKILL), group=True)
+
+
+class _Output:
+    """Chunks waiting for `async for`, then how the output ended (None: the process exited;
+    or the error that ended the stream). `put` waits while _ITER_QUEUE chunks or
+    _ITER_BYTES bytes wait, unless the channel broke; `end` never waits."""
+
+    def __init__(self, broken: asyncio.Event):
+        self._chunks: collections.deque[OutputChunk] = collections.deque()
+        self._bytes = 0
+        self._changed = asyncio.Event()
+        self._broken = broken
+        self.ended = False
+        self.error: BaseException | None = None
+
+    @property
+    def full(self) -> bool:
+        return len(self._chunks) >= _ITER_QUEUE or self._bytes >= _ITER_BYTES
+
+    async def put(self, chunk: OutputChunk) -> None:
+        while self.full and not self._broken.is_set():
+            self._changed.clear()
+            waits = [asyncio.ensure_future(self._changed.wait()),
+                     asyncio.ensure_future(self._broken.wait())]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+        self._chunks.append(chunk)
+        self._bytes += len(chunk.data)
+        self._changed.set()
+
+    def end(self, error: BaseException | None) -> None:
+        self.ended, self.error = True, error
+        self._changed.set()
+
+    async def get(self) -> OutputChunk | None:
+        """The next chunk; None at a clean end; raises the error that ended the output."""
+        while not self._chunks:
+            if self.ended:
+                if self.error is not None:
+                    raise self.error
+                return None
+            self._changed.clear()
+            await self._changed.wait()
+        chunk = self._chunks.popleft()
+        self._bytes -= len(chunk.data)
+        self._changed.set()
+        return chunk
 
 
 class Process:
     """A process started with `sandbox.spawn`. Output arrives through `on(...)` callbacks
-    and/or `async for chunk in process`; `wait()` returns the exit code."""
+    and/or `async for chunk in process`; `wait()` returns the exit code once the `exit`
+    callbacks have run. A callback that raises ends the stream: the process group is
+    killed, and `wait()` and iteration raise that exception."""
 
     def __init__(self, stream: Stream, pid: int, argv: list[str]):
         self._stream = stream
         self.pid = pid
         self.argv = argv
         self._callbacks: dict[str, list[Callable]] = {"stdout": [], "stderr": [], "exit": []}
-        self._queue: asyncio.Queue = asyncio.Queue(_ITER_QUEUE)
+        self._output = _Output(stream.broken)
         self._iterating = False
+        self._callback_error: BaseException | None = None
         self._exit: asyncio.Future = asyncio.get_running_loop().create_future()
-        self._pump = asyncio.create_task(self._run())
         self.exit_code: int | None = None
         self.exit_signal: int | None = None  # set when a signal ended the process
         # A process nobody waits on may still die with its sandbox; that is not an error.
-        self._exit.add_done_callback(lambda f: f.cancelled() or f.exception())
+        # A callback's exception is: asyncio reports it if nobody retrieves it.
+        self._exit.add_done_callback(
+            lambda f: f.cancelled() or self._callback_error is not None or f.exception())
+        self._pump = asyncio.create_task(self._run())
 
     def on(self, event: str, callback: Callable) -> "Process":
         """Register `callback(data: bytes)` for "stdout"/"stderr", `callback(exit_code)` for
-        "exit". Callbacks may be plain functions or coroutines."""
+        "exit". Callbacks may be plain functions or coroutines; one that raises ends the
+        process (see the class)."""
         if event not in self._callbacks:
             raise ValueError(f"unknown event {event!r}: use 'stdout', 'stderr' or 'exit'")
         self._callbacks[event].append(callback)
@@ -103,49 +195,69 @@ class Process:
 
     async def _emit(self, event: str, value) -> None:
         for callback in self._callbacks[event]:
-            result = callback(value)
-            if inspect.isawaitable(result):
-                await result
+            try:
+                result = callback(value)
+                if inspect.isawaitable(result):
+                    await result
+            except BaseException as e:
+                self._callback_error = e
+                raise
 
     async def _run(self) -> None:
         try:
             while True:
                 msg = await self._stream.recv()
-                t = msg["t"]
-                if t == "data" and msg["fd"] in (STDOUT, STDERR):
-                    name = "stdout" if msg["fd"] == STDOUT else "stderr"
+                if msg["t"] == "data":  # the channel admits stdout and stderr only
+                    name = _NAMES[msg["fd"]]
                     await self._emit(name, msg["d"])
                     if self._iterating or not self._callbacks[name]:
-                        await self._queue.put(OutputChunk(name, msg["d"]))
+                        await self._output.put(OutputChunk(name, msg["d"]))
                     await self._stream.consumed(msg["fd"], len(msg["d"]))
-                elif t == "exit":
+                elif msg["t"] == "exit":
                     self.exit_code, self.exit_signal = exit_status(msg)
+                    self._stream.close()
+                    await self._emit("exit", self.exit_code)
                     break
-        except SandboxDiedError as e:
-            if not self._exit.done():
-                self._exit.set_exception(e)
-            await self._queue.put(None)
+        except BaseException as e:
+            try:
+                if e is self._callback_error:
+                    await abandon(self._stream)  # nobody is left to take its output
+                else:
+                    self._stream.close()
+            finally:
+                self._finish(e)
+            if not isinstance(e, Exception):
+                raise
             return
-        finally:
-            self._stream.close()
-        self._exit.set_result(self.exit_code)
-        await self._queue.put(None)
-        await self._emit("exit", self.exit_code)
+        self._finish(None)
+
+    def _finish(self, error: BaseException | None) -> None:
+        if isinstance(error, asyncio.CancelledError):
+            error = ShuruError("the process's output was abandoned: its pump was cancelled")
+        if error is None:
+            self._exit.set_result(self.exit_code)
+        else:
+            self._exit.set_exception(error)
+        self._output.end(error)
 
     def __aiter__(self):
         self._iterating = True
         return self._iterate()
 
     async def _iterate(self):
-        while True:
-            chunk = await self._queue.get()
-            if chunk is None:
-                self._queue.put_nowait(None)
-                return
+        self._check_not_in_callback("async for")
+        while (chunk := await self._output.get()) is not None:
             yield chunk
 
+    def _check_not_in_callback(self, what: str) -> None:
+        if asyncio.current_task() is self._pump:
+            # The pump runs the callbacks; waiting for it from one would wait forever.
+            raise RuntimeError(f"{what} on a process from inside one of its own callbacks "
+                               "would wait for itself")
+
     async def write(self, data: bytes | str) -> None:
-        """Write to the process's stdin (waits while the guest has no room for more)."""
+        """Write to the process's stdin (waits while the guest has no room for more). What
+        the process can no longer read, because it closed its stdin or exited, is dropped."""
         if isinstance(data, str):
             data = data.encode()
         await self._stream.send_data(0, data)
@@ -165,7 +277,10 @@ class Process:
         await self._stream.send("resize", rows=rows, cols=cols)
 
     async def wait(self, timeout: float | None = None) -> int:
-        """Wait for the process to exit and return its exit code (128+N for signal N)."""
+        """Wait for the process to exit and its `exit` callbacks to run; return its exit
+        code (128+N for signal N), or raise the error that ended its stream. ExecTimeoutError
+        (a TimeoutError) when `timeout` passes first; the process goes on running."""
+        self._check_not_in_callback("wait()")
         try:
             return await asyncio.wait_for(asyncio.shield(self._exit), timeout)
         except asyncio.TimeoutError:
@@ -180,11 +295,21 @@ class Process:
         return self.exit_code
 
 
+def _shown(argv: list[str]) -> str:
+    text = repr(argv)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
 async def run_to_completion(stream: Stream, argv: list[str], *, stdin: bytes | None,
-                            timeout: float | None, **options) -> ExecResult:
-    """Run one command, collect all of its output, return an ExecResult. On timeout the
-    whole process group is killed and ExecTimeoutError carries the partial output."""
+                            timeout: float | None, max_output: int = DEFAULT_MAX_OUTPUT,
+                            **options) -> ExecResult:
+    """Run one command, collect its output, return an ExecResult. On timeout the whole
+    process group is killed and ExecTimeoutError carries the partial output; once stdout or
+    stderr passes `max_output` bytes, the same happens with ExecOutputLimitError, carrying
+    the first `max_output` bytes of each. Either way the rest of the output is dropped as it
+    comes, so the host never holds more than that."""
     out = {STDOUT: bytearray(), STDERR: bytearray()}
+    over: list[int] = []  # the fd that passed the limit
     await start_stream(stream, argv, stdin=stdin is not None, **options)
 
     async def feed() -> None:
@@ -192,27 +317,43 @@ async def run_to_completion(stream: Stream, argv: list[str], *, stdin: bytes | N
             await stream.send_data(0, stdin)
         await stream.send("eof", fd=0)
 
-    async def collect() -> dict:
+    async def collect() -> dict | None:
         while True:
             msg = await stream.recv()
-            if msg["t"] == "data" and msg["fd"] in out:
-                out[msg["fd"]] += msg["d"]
-                await stream.consumed(msg["fd"], len(msg["d"]))
+            if msg["t"] == "data":  # the channel admits stdout and stderr only
+                kept, data = out[msg["fd"]], msg["d"]
+                if len(kept) + len(data) > max_output:
+                    kept += data[:max_output - len(kept)]
+                    over.append(msg["fd"])
+                    return None
+                kept += data
+                await stream.consumed(msg["fd"], len(data))
             elif msg["t"] == "exit":
+                stream.close()
                 return msg
 
     feeder = asyncio.create_task(feed()) if stdin is not None else None
+    if feeder:
+        feeder.add_done_callback(lambda t: t.cancelled() or t.exception())
     try:
         msg = await asyncio.wait_for(collect(), timeout)
     except asyncio.TimeoutError:
-        await stream.send("signal", sig=_signal.SIGKILL, group=True)
         raise ExecTimeoutError(
-            f"command {argv!r} did not finish within {timeout} s; its process group was killed",
-            stdout=bytes(out[STDOUT]), stderr=bytes(out[STDERR]), timeout=timeout,
-        ) from None
+            f"command {_shown(argv)} did not finish within {timeout} s; its process group "
+            "was killed", stdout=bytes(out[STDOUT]), stderr=bytes(out[STDERR]),
+            timeout=timeout) from None
     finally:
         if feeder:
             feeder.cancel()
-        stream.close()
+        await abandon(stream)  # unless it exited: nobody is left to take its output
+    if msg is None:
+        name = _NAMES[over[0]]
+        raise ExecOutputLimitError(
+            f"command {_shown(argv)} wrote more than {max_output} bytes to {name}; its process "
+            "group was killed and the output past the limit dropped",
+            stdout=bytes(out[STDOUT]), stderr=bytes(out[STDERR]), limit=max_output,
+            stream=name,
+            hint="pass a larger max_output=, or stream the output with spawn(), or write it "
+                 "to a file in the guest and fetch it with files.download()")
     code, sig = exit_status(msg)
     return ExecResult(bytes(out[STDOUT]), bytes(out[STDERR]), code, sig)

@@ -26,7 +26,7 @@ from .channel import Channel
 from .errors import SandboxDiedError, SandboxStateError, ShuruError
 from .files import Files, Watch, start_watch
 from .image import current_image, shuru_home
-from .process import ExecResult, Process, run_to_completion, start_stream
+from .process import DEFAULT_MAX_OUTPUT, ExecResult, Process, run_to_completion, start_stream
 
 
 class State(str, enum.Enum):
@@ -294,15 +294,19 @@ class AsyncSandbox:
     async def exec(self, command: str | Sequence[str], *, cwd: str | None = None,
                    env: Mapping[str, str] | None = None, user: str | None = None,
                    timeout: float | None = None, stdin: bytes | str | None = None,
-                   shell: str = "sh") -> ExecResult:
+                   shell: str = "sh", max_output: int = DEFAULT_MAX_OUTPUT) -> ExecResult:
         """Run a command to completion and return its output and exit code. A string runs
         through `shell -c`; a list is the argv. On `timeout` the process group is killed
-        and ExecTimeoutError carries the partial output."""
+        and ExecTimeoutError carries the partial output; the same when stdout or stderr
+        passes `max_output` bytes (16 MiB by default), with ExecOutputLimitError."""
+        if isinstance(max_output, bool) or not isinstance(max_output, int) or max_output < 1:
+            raise cfg.ConfigError([f"max_output must be a positive number of bytes, "
+                                   f"not {max_output!r}"])
         channel = self._live_channel()
         if isinstance(stdin, str):
             stdin = stdin.encode()
         return await run_to_completion(channel.open_stream(), to_argv(command, shell),
-                                       stdin=stdin, timeout=timeout,
+                                       stdin=stdin, timeout=timeout, max_output=max_output,
                                        **self._exec_options(cwd, env, user))
 
     async def spawn(self, command: str | Sequence[str], *, cwd: str | None = None,

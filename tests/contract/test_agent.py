@@ -84,11 +84,11 @@ async def test_flow_control_stops_a_producer_that_nobody_reads(agent):
     ch = agent.channel
     proc = await spawn(ch, ["sh", "-c", "head -c 20000000 /dev/zero; echo done >&2"])
     stream = proc._stream
-    # Nobody iterates: chunks pile up in the iteration queue, which is bounded, so the
+    # Nobody iterates: chunks pile up in the iteration buffer, which is bounded, so the
     # host stops granting credit and the guest must stop after about a window or so.
-    await asyncio.wait_for(_until(lambda: proc._queue.full()), 30)
-    buffered = sum(len(c.data) for c in list(proc._queue._queue))
-    assert buffered <= 300 * wire.CHUNK
+    await asyncio.wait_for(_until(lambda: proc._output.full), 30)
+    buffered = sum(len(c.data) for c in list(proc._output._chunks))
+    assert buffered <= wire.WINDOW + wire.CHUNK
     assert stream._received.get(1, 0) <= wire.WINDOW
     # Draining lets it finish.
     total = 0
@@ -119,8 +119,7 @@ async def test_callbacks_and_exit_event(agent):
     out, codes = [], []
     proc = await spawn(agent.channel, ["sh", "-c", "echo a; echo b >&2; exit 4"])
     proc.on("stdout", out.append).on("exit", codes.append)
-    assert await proc.wait() == 4
-    await asyncio.sleep(0)
+    assert await proc.wait() == 4  # the exit callbacks have run by now
     assert b"".join(out) == b"a\n" and codes == [4]
 
 
