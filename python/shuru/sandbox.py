@@ -71,7 +71,7 @@ class AsyncSandbox:
         self._spec_used: MachineSpec | None = None
         self._disk_size = self.config.disk_size
         self._net = None  # guestnet.NetworkSession with allow_net
-        self.files = Files(self._live_channel)
+        self.files = Files(self._live_channel, lambda: self.config.workdir)
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -268,7 +268,8 @@ class AsyncSandbox:
     async def watch(self, path: str, callback: Callable, *, recursive: bool = True) -> Watch:
         """Watch a guest directory; `callback(WatchEvent)` gets create/modify/delete/rename
         events (plain function or coroutine) until `await watch.stop()`."""
-        return await start_watch(self._live_channel(), path, callback, recursive)
+        return await start_watch(self._live_channel(), path, callback, recursive,
+                                 cwd=self.config.workdir)
 
     def network_log(self) -> list[dict]:
         """The network audit log, oldest first: dns, connect, deny, inject and close events
