@@ -205,6 +205,7 @@ class EntryDecoder:
             max_bin_len=0, max_str_len=MAX_ENTRY, max_array_len=0, max_map_len=64,
             max_ext_len=0)
         self._fed = 0
+        self._end = 0  # where the last whole entry ended
 
     def feed(self, data: bytes) -> list[dict]:
         out = []
@@ -214,7 +215,9 @@ class EntryDecoder:
             self._fed += len(piece)
             try:
                 self._unpacker.feed(piece)
-                out.extend(check_entry(e) for e in self._unpacker)
+                for entry in self._unpacker:
+                    out.append(check_entry(entry))
+                    self._end = self._unpacker.tell()  # past a partial one, tell() runs on
             except WireError:
                 raise
             except Exception as e:  # msgpack raises several unrelated types
@@ -223,7 +226,7 @@ class EntryDecoder:
 
     def finish(self) -> None:
         """The stream ended: nothing may be left half-sent."""
-        if self._unpacker.tell() != self._fed:
+        if self._end != self._fed:
             raise WireError("listing ended in the middle of an entry")
 
 
