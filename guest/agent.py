@@ -511,6 +511,11 @@ class Agent:
                 self.end_file_stream(reader.stream)
                 self.send("error", reader.stream, **fsops.error_fields(e, {"path": ""}))
                 continue
+            except Exception as e:  # one bad listing must not take the agent down
+                log("error reading stream", reader.stream, repr(e))
+                self.end_file_stream(reader.stream)
+                self.send("error", reader.stream, code="EINTERNAL", message=str(e))
+                continue
             if data:
                 reader.credit[1] -= len(data)
                 reader.size += len(data)

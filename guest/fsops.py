@@ -75,7 +75,8 @@ def open_listing(req: dict) -> Iterator[dict]:
     it) as a generator of entries in directory order. The root is opened now, so a missing
     or wrong path raises here, before any entry is sent; the rest is read as the host takes
     it, so memory does not grow with the number of entries. Entries that vanish while being
-    read, and subdirectories that cannot be opened, are skipped (as os.walk does)."""
+    read, subdirectories that cannot be opened (as os.walk does), and names that are not
+    UTF-8 (the host could not name them in a request) are skipped."""
     root = check_path(req.get("path"))
     it = os.scandir(root)
     if req.get("op") == "walk":
@@ -86,6 +87,8 @@ def open_listing(req: dict) -> Iterator[dict]:
 def _list(path: str, it) -> Iterator[dict]:
     with it:
         for entry in it:
+            if not _utf8(entry.name):
+                continue
             try:
                 s = entry.stat(follow_symlinks=False)
             except OSError:
@@ -101,6 +104,8 @@ def _walk(root: str, it) -> Iterator[dict]:
             entry = next(entries, None)
             if entry is None:
                 _close_iter(stack.pop()[1])
+                continue
+            if not _utf8(entry.name):
                 continue
             full = os.path.join(directory, entry.name)
             try:
@@ -122,6 +127,14 @@ def _walk(root: str, it) -> Iterator[dict]:
     finally:
         for _, entries in stack:
             _close_iter(entries)
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes, kept as surrogates by os.fsdecode
+        return False
+    return True
 
 
 def _close_iter(entries) -> None:

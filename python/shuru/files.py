@@ -147,20 +147,23 @@ class Files:
 
     async def list(self, path: str) -> list[FileInfo]:
         """A directory's entries, sorted by name (see `iter_list` for one that streams)."""
-        entries = [e async for e in self.iter_list(path)]
+        async with contextlib.aclosing(self.iter_list(path)) as listing:
+            entries = [e async for e in listing]
         return sorted(entries, key=lambda e: e.name)
 
     async def iter_list(self, path: str) -> AsyncIterator[FileInfo]:
         """A directory's entries in directory order, as they arrive: any number of them in
         bounded memory."""
-        async for entry in self._listing("list", self._path(path)):
-            yield entry
+        async with contextlib.aclosing(self._listing("list", self._path(path))) as entries:
+            async for entry in entries:
+                yield entry
 
     async def walk(self, path: str) -> AsyncIterator[FileInfo]:
         """Every entry below a directory (not the directory itself), each directory before
         what it holds, as they arrive. Links are listed, never followed."""
-        async for entry in self._listing("walk", self._path(path)):
-            yield entry
+        async with contextlib.aclosing(self._listing("walk", self._path(path))) as entries:
+            async for entry in entries:
+                yield entry
 
     async def mkdir(self, path: str, *, parents: bool = True, mode: int = 0o755) -> None:
         path = self._path(path)
@@ -225,8 +228,9 @@ class Files:
 
     async def iter_read(self, path: str) -> AsyncIterator[bytes]:
         """The file's bytes in chunks, as they arrive (constant memory for any size)."""
-        async for chunk in self._read(self._path(path)):
-            yield chunk
+        async with contextlib.aclosing(self._read(self._path(path))) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
     async def _read(self, path: str, limit: int | None = None) -> AsyncIterator[bytes]:
         """A `read` stream; with `limit` the guest sends at most that many bytes, and a guest
@@ -256,7 +260,8 @@ class Files:
             await _abandon(stream, done)
 
     async def read(self, path: str) -> bytes:
-        return b"".join([chunk async for chunk in self.iter_read(path)])
+        async with contextlib.aclosing(self.iter_read(path)) as chunks:
+            return b"".join([chunk async for chunk in chunks])
 
     async def read_text(self, path: str, encoding: str = "utf-8") -> str:
         return (await self.read(path)).decode(encoding)
@@ -398,8 +403,8 @@ class Files:
         except OSError as e:
             raise _host_error("download", str(dest), e) from None
         prefix = src.rstrip("/") + "/"
-        async with _Pool() as pool:
-            async for entry in self.walk(src):
+        async with _Pool() as pool, contextlib.aclosing(self.walk(src)) as entries:
+            async for entry in entries:
                 target = _target(root, prefix, entry)
                 if entry.is_dir:
                     try:
@@ -420,11 +425,7 @@ class Files:
                 raise _host_error("download", str(dest), e) from None
             with f:
                 if size:
-                    async for chunk in self._read(src, limit=size):
-                        try:
-                            f.write(chunk)
-                        except OSError as e:
-                            raise _host_error("download", str(dest), e) from None
+                    await self._copy_out(src, f, size, dest)
             try:
                 os.replace(tmp, dest)
             except OSError as e:
@@ -433,6 +434,14 @@ class Files:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
             raise
+
+    async def _copy_out(self, src: str, f, size: int, dest: Path) -> None:
+        async with contextlib.aclosing(self._read(src, limit=size)) as chunks:
+            async for chunk in chunks:
+                try:
+                    f.write(chunk)
+                except OSError as e:
+                    raise _host_error("download", str(dest), e) from None
 
 
 def _open_fd(fd: int, path: str):
