@@ -57,8 +57,10 @@ def describe(path: str, s: os.stat_result, name: str | None = None) -> dict:
 
 
 def op_stat(req: dict) -> dict:
+    """The entry for `path` itself (a link is described as a link), or with `follow` for
+    what it leads to."""
     path = check_path(req.get("path"))
-    return describe(path, os.lstat(path))
+    return describe(path, os.stat(path) if req.get("follow") else os.lstat(path))
 
 
 def op_exists(req: dict) -> bool:

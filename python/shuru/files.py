@@ -383,13 +383,13 @@ class Files:
         size it had when listed (a file that grows meanwhile is cut there), and the whole
         call writes at most `max_size` bytes (default MAX_DOWNLOAD, 4 GiB; None for no cap):
         a file that would go past it raises GuestFileError (code EFBIG) naming the cap
-        before any of it is written; files copied before it stay. Only regular files and
-        directories are copied (links and special files are skipped), and only inside
-        `host_path`, whatever names the guest reports."""
+        before any of it is written; files copied before it stay. `path` itself may be a
+        link; inside a tree only regular files and directories are copied (links and special
+        files are skipped), and only inside `host_path`, whatever names the guest reports."""
         src = self._path(path)
         dest = Path(host_path)
         budget = _Budget(max_size)
-        info = await self.stat(src)
+        info = _info(await self._call("stat", src, follow=True))  # the path named may be a link
         if not info.is_dir:
             if not info.is_file:
                 raise GuestFileError(f"download: {src} is a {info.type}, not a regular file "

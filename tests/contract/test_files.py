@@ -204,3 +204,11 @@ async def test_relative_guest_paths_are_relative_to_the_working_directory(agent,
     assert (tmp_path / "host-copy/y.txt").read_text() == "x"
     # Without a configured working directory, the base is root's home, as for exec.
     assert Files(lambda: agent.channel)._path("notes.txt") == "/root/notes.txt"
+
+
+async def test_download_follows_the_link_it_is_given(files, tmp_path):
+    (tmp_path / "real.txt").write_text("through the link")
+    os.symlink("real.txt", tmp_path / "link")
+    await files.download(str(tmp_path / "link"), tmp_path / "copy")
+    assert (tmp_path / "copy").read_text() == "through the link"
+    assert (await files.stat(str(tmp_path / "link"))).type == "symlink"
