@@ -167,10 +167,10 @@ class Files:
 
     async def mkdir(self, path: str, *, parents: bool = True, mode: int = 0o755) -> None:
         path = self._path(path)
-        await self._call("mkdir", path, parents=parents, mode=_mode(mode, path))
+        await self._call("mkdir", path, parents=bool(parents), mode=_mode(mode, path))
 
     async def remove(self, path: str, *, recursive: bool = True) -> None:
-        await self._call("remove", self._path(path), recursive=recursive)
+        await self._call("remove", self._path(path), recursive=bool(recursive))
 
     async def rename(self, path: str, dest: str) -> None:
         await self._call("rename", self._path(path), dest=self._path(dest, "dest"))
@@ -275,7 +275,7 @@ class Files:
             mode = _mode(mode, path)
         stream = self._channel().open_stream()
         try:
-            await stream.send("write", path=path, mode=mode, append=append, parents=True)
+            await stream.send("write", path=path, mode=mode, append=bool(append), parents=True)
             sender = asyncio.create_task(_send_all(stream, data))
             # The guest may refuse at open (or fail midway); its answer wins over sending.
             answer = asyncio.create_task(_final(stream, path))
@@ -654,7 +654,7 @@ async def start_watch(channel: Channel, path: str, callback: Callable,
                       recursive: bool = True, cwd: str | None = None) -> Watch:
     path = guest_path(path, cwd=cwd or HOME)
     stream = channel.open_stream()
-    await stream.send("watch", path=path, recursive=recursive)
+    await stream.send("watch", path=path, recursive=bool(recursive))
     try:
         await _final(stream, path)  # the watch is in place once this returns
     except BaseException:

@@ -270,3 +270,17 @@ async def test_names_that_are_not_utf8_are_skipped_not_fatal(files, tmp_path):
     open(os.fsencode(d) + b"/bad\xff/inner", "wb").close()
     assert [e.name for e in await files.list(str(d))] == ["fine"]
     assert [e.name async for e in files.walk(str(d))] == ["fine"]
+
+
+async def test_a_walk_deeper_than_the_open_directory_limit_lists_everything(files, tmp_path):
+    from shuru_guest import fsops
+    deep = tmp_path / "deep"
+    d = deep
+    for level in range(fsops.MAX_OPEN_DIRS + 20):
+        d = d / f"{level}"
+        d.mkdir(parents=True)
+        (d / "f").touch()
+        (d / "g").touch()  # a parent with entries left to read when its child is entered
+    walked = [e.path async for e in files.walk(str(deep))]
+    assert len(walked) == 3 * (fsops.MAX_OPEN_DIRS + 20)
+    assert len(set(walked)) == len(walked)
