@@ -17,6 +17,7 @@ import errno
 import fcntl
 import os
 import pwd
+import resource
 import selectors
 import signal
 import struct
@@ -89,13 +90,57 @@ class OutQueue:
 
 
 class FileReader:
-    """A `read` stream: a regular file sent as data on fd 1 within the host's credit."""
+    """A `read` stream: a regular file sent as data on fd 1 within the host's credit, never
+    more than `limit` bytes (the host asks for what the file held when it looked)."""
 
-    def __init__(self, stream: int, fd: int):
+    def __init__(self, stream: int, fd: int, limit: int | None = None):
         self.stream = stream
         self.fd = fd
         self.credit = {1: wire.WINDOW}
         self.size = 0
+        self.limit = limit
+
+    def read(self, n: int) -> bytes:
+        if self.limit is not None:
+            n = min(n, self.limit - self.size)
+            if n <= 0:
+                return b""
+        return os.read(self.fd, n)
+
+    def close(self) -> None:
+        _close(self.fd)
+
+    def final(self) -> dict:
+        return {"size": self.size}
+
+
+class ListingReader(FileReader):
+    """An `fs` list or walk: its entries as a byte stream on fd 1 (see wire.EntryDecoder),
+    produced only as the host grants credit, so a listing of any length takes bounded memory
+    here and there."""
+
+    def __init__(self, stream: int, entries):
+        super().__init__(stream, -1)
+        self.entries = entries
+        self.pending = bytearray()
+        self.count = 0
+
+    def read(self, n: int) -> bytes:
+        while len(self.pending) < n:
+            entry = next(self.entries, None)
+            if entry is None:
+                break
+            self.pending += wire.pack_entry(entry)
+            self.count += 1
+        data = bytes(self.pending[:n])
+        del self.pending[:n]
+        return data
+
+    def close(self) -> None:
+        self.entries.close()
+
+    def final(self) -> dict:
+        return {"count": self.count}
 
 
 class FileWriter:
@@ -123,6 +168,8 @@ class Agent:
         self.readers: dict[int, FileReader] = {}
         self.writers: dict[int, FileWriter] = {}
         self.watchers: dict[int, object] = {}
+        # Requests arriving in `part`s, by stream; None once refused (the rest is dropped).
+        self.parts: dict[int, bytearray | None] = {}
         self.net = netcap.Capture(self.send, self.forget_fd)  # idle until the host enables it
         self.ports = portfwd.Forwards(self.send, self.forget_fd)  # host-opened tcp_connect
         self.connected = False
@@ -236,6 +283,8 @@ class Agent:
             self.shutdown_requested = True
             os.sync()
             self.send("shutdown", 0)
+        elif t == "part":
+            self.request_part(s, msg)
         elif t == "exec":
             self.start_exec(s, msg)
         elif t in ("fs", "read", "write", "watch"):
@@ -295,6 +344,7 @@ class Agent:
                 pass
         self.groups.clear()
         self.procs.clear()
+        self.parts.clear()
         self.net.shutdown()
         self.ports.shutdown()
 
@@ -311,6 +361,42 @@ class Agent:
                 self.send("error", 0, code="ERESUME", message=f"cannot resume: {e}")
                 return
         self.send("hello", 0, **self.hello_fields())
+
+    def request_part(self, s: int, msg: dict) -> None:
+        """Join a request sent in `part`s (wire.request_frames) and act on it as if it had
+        come in one frame. Past MAX_REQUEST bytes it is refused once, naming the limit, and
+        the rest of its parts are dropped."""
+        if s not in self.parts:
+            if s % 2 == 0 or self.stream_busy(s):
+                self.parts[s] = None
+                self.send("error", s, code="EBUSY", message=f"stream {s} is already in use")
+            else:
+                self.parts[s] = bytearray()
+        buf = self.parts[s]
+        if buf is not None:
+            if len(buf) + len(msg["d"]) > wire.MAX_REQUEST:
+                self.parts[s] = None
+                self.send("error", s, code="E2BIG", message=(
+                    f"the request is larger than the guest agent's limit of {wire.MAX_REQUEST} "
+                    f"bytes ({wire.MAX_REQUEST >> 20} MiB); Linux itself takes at most 6 MiB "
+                    "of arguments and environment"))
+            else:
+                buf += msg["d"]
+        if msg["more"]:
+            return
+        buf = self.parts.pop(s)
+        if buf is None:
+            return
+        try:
+            request = wire.decode_request(bytes(buf))
+        except wire.WireError as e:
+            self.send("error", s, code="EINVAL", message=f"bad request in parts: {e}")
+            return
+        if request["s"] != s or request["t"] not in ("exec", "fs", "read", "write", "watch"):
+            self.send("error", s, code="EINVAL",
+                      message=f"a {request['t']!r} on stream {request['s']} cannot come in parts")
+            return
+        self.dispatch(request)
 
     def start_exec(self, s: int, msg: dict) -> None:
         if self.stream_busy(s):
@@ -359,13 +445,18 @@ class Agent:
             self.send("error", s, code="EBUSY", message=f"stream {s} is already in use")
             return
         try:
-            if t == "fs":
+            if t == "fs" and msg["op"] in fsops.LISTINGS:
+                self.readers[s] = ListingReader(s, fsops.open_listing(msg))
+            elif t == "fs":
                 op = fsops.OPS.get(msg["op"])
                 if op is None:
                     raise fsops.RequestError(f"unknown fs op {msg['op']!r}")
                 self.send("result", s, value=op(msg))
             elif t == "read":
-                self.readers[s] = FileReader(s, fsops.open_for_read(msg))
+                limit = msg.get("limit")
+                if limit is not None and limit < 0:
+                    raise fsops.RequestError("limit must not be negative")
+                self.readers[s] = FileReader(s, fsops.open_for_read(msg), limit)
             elif t == "write":
                 self.writers[s] = FileWriter(s, fsops.open_for_write(msg))
             else:
@@ -401,27 +492,35 @@ class Agent:
             self.send("result", s, value={"size": size})
 
     def end_file_stream(self, s: int) -> None:
-        for table in (self.readers, self.writers):
-            item = table.pop(s, None)
-            if item is not None:
-                _close(item.fd)
+        reader = self.readers.pop(s, None)
+        if reader is not None:
+            reader.close()
+        writer = self.writers.pop(s, None)
+        if writer is not None:
+            _close(writer.fd)
         watcher = self.watchers.pop(s, None)
         if watcher is not None:
             self.forget_fd(watcher.fd)
             watcher.close()
 
     def pump_readers(self) -> None:
-        """Send one chunk per file being read that has credit; regular files cannot be
-        polled, so this runs every loop round (select does not block while it has work)."""
+        """Send one chunk per file or listing being read that has credit; regular files
+        cannot be polled, so this runs every loop round (select does not block while it has
+        work)."""
         for reader in list(self.readers.values()):
             want = min(reader.credit[1], wire.CHUNK)
             if want <= 0:
                 continue
             try:
-                data = os.read(reader.fd, want)
+                data = reader.read(want)
             except OSError as e:
                 self.end_file_stream(reader.stream)
                 self.send("error", reader.stream, **fsops.error_fields(e, {"path": ""}))
+                continue
+            except Exception as e:  # one bad listing must not take the agent down
+                log("error reading stream", reader.stream, repr(e))
+                self.end_file_stream(reader.stream)
+                self.send("error", reader.stream, code="EINTERNAL", message=str(e))
                 continue
             if data:
                 reader.credit[1] -= len(data)
@@ -430,7 +529,7 @@ class Agent:
             else:
                 self.end_file_stream(reader.stream)
                 self.send("eof", reader.stream, fd=1)
-                self.send("result", reader.stream, value={"size": reader.size})
+                self.send("result", reader.stream, value=reader.final())
 
     def service_watch(self, s: int) -> None:
         watcher = self.watchers.get(s)
@@ -681,6 +780,7 @@ def spawn(stream: int, argv: list[str], env: dict, msg: dict) -> Proc:
     if tty:
         full_env["TERM"] = "xterm-256color"
     full_env.update(env)
+    check_arg_size(argv, full_env)
     workdir = cwd or full_env.get("HOME") or "/"
     if not cwd and not os.path.isdir(workdir):
         # As login(1) does: a user made with plain `useradd` (no -m) has a home that does
@@ -738,6 +838,36 @@ def spawn(stream: int, argv: list[str], env: dict, msg: dict) -> Proc:
         if fd is not None:
             os.set_blocking(fd, False)
     return Proc(stream, pid, False, in_w, {1: out_r, 2: err_r})
+
+
+def arg_limit() -> int:
+    """What Linux's execve takes for argv + environment (fs/exec.c, prepare_arg_pages): a
+    quarter of the stack limit, at most 6 MiB (3/4 of the 8 MiB _STK_LIM), at least
+    ARG_MAX (128 KiB)."""
+    soft = resource.getrlimit(resource.RLIMIT_STACK)[0]
+    cap = 6 * 1024 * 1024
+    limit = cap if soft == resource.RLIM_INFINITY else min(soft // 4, cap)
+    return max(limit, 128 * 1024)
+
+
+def check_arg_size(argv: list[str], env: dict) -> None:
+    """Refuse, naming the limit, what execve would refuse with E2BIG: a string longer than
+    MAX_ARG_STRLEN (32 pages), or strings plus their pointers beyond arg_limit(). Counted
+    as the kernel does, except the executable's path, which it also copies: a request within
+    a few bytes of the limit may still fail like in a shell (status 126)."""
+    strings = [os.fsencode(a) for a in argv] + [os.fsencode(f"{k}={v}") for k, v in env.items()]
+    per_string = 32 * os.sysconf("SC_PAGE_SIZE")
+    longest = max(len(x) for x in strings)
+    if longest + 1 > per_string:
+        raise ExecSetupError("E2BIG", (
+            f"an argument or environment entry of {longest} bytes is longer than Linux's "
+            f"limit of {per_string - 1} bytes per string (MAX_ARG_STRLEN)"))
+    total = sum(len(x) + 1 for x in strings) + struct.calcsize("P") * len(strings)
+    limit = arg_limit()
+    if total > limit:
+        raise ExecSetupError("E2BIG", (
+            f"arguments and environment take {total} bytes, more than the guest's limit of "
+            f"{limit} bytes (ARG_MAX: a quarter of the stack limit, at most 6 MiB)"))
 
 
 _DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD, signal.SIGINT,

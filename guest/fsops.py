@@ -1,8 +1,9 @@
 """Filesystem operations the host asks for by name (`fs` messages): stat, list, mkdir, remove,
-rename, copy, chmod, exists, walk.
+rename, copy, chmod, symlink, exists, walk.
 
 Each is a plain function of the request's fields that returns a msgpack-able result or raises
 OSError; the agent turns OSError into an `error` reply carrying the errno name and the path.
+`list` and `walk` are generators instead (`open_listing`): their entries stream to the host.
 Paths must be absolute: the agent never guesses what a relative path is relative to.
 """
 
@@ -12,6 +13,7 @@ import errno
 import os
 import shutil
 import stat as st
+from typing import Iterator
 
 
 class RequestError(OSError):
@@ -55,41 +57,91 @@ def describe(path: str, s: os.stat_result, name: str | None = None) -> dict:
 
 
 def op_stat(req: dict) -> dict:
+    """The entry for `path` itself (a link is described as a link), or with `follow` for
+    what it leads to."""
     path = check_path(req.get("path"))
-    return describe(path, os.lstat(path))
+    return describe(path, os.stat(path) if req.get("follow") else os.lstat(path))
 
 
 def op_exists(req: dict) -> bool:
     return os.path.lexists(check_path(req.get("path")))
 
 
-def op_list(req: dict) -> list:
-    path = check_path(req.get("path"))
-    out = []
-    with os.scandir(path) as it:
+# Open directory iterators a walk keeps at once; deeper, a parent's remaining entries are read
+# into memory instead, so a pathologically deep tree cannot exhaust the agent's fds.
+MAX_OPEN_DIRS = 64
+
+
+def open_listing(req: dict) -> Iterator[dict]:
+    """`list` (one directory) or `walk` (every entry below it, a directory before what is in
+    it) as a generator of entries in directory order. The root is opened now, so a missing
+    or wrong path raises here, before any entry is sent; the rest is read as the host takes
+    it, so memory does not grow with the number of entries. Entries that vanish while being
+    read, subdirectories that cannot be opened (as os.walk does), and names that are not
+    UTF-8 (the host could not name them in a request) are skipped."""
+    root = check_path(req.get("path"))
+    it = os.scandir(root)
+    if req.get("op") == "walk":
+        return _walk(root, it)
+    return _list(root, it)
+
+
+def _list(path: str, it) -> Iterator[dict]:
+    with it:
         for entry in it:
+            if not _utf8(entry.name):
+                continue
             try:
                 s = entry.stat(follow_symlinks=False)
             except OSError:
                 continue  # vanished while listing
-            out.append(describe(os.path.join(path, entry.name), s, entry.name))
-    out.sort(key=lambda e: e["name"])
-    return out
+            yield describe(os.path.join(path, entry.name), s, entry.name)
 
 
-def op_walk(req: dict) -> list:
-    """Every entry under a directory (depth first), for copying trees out of the guest."""
-    root = check_path(req.get("path"))
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(dirnames) + sorted(filenames):
-            full = os.path.join(dirpath, name)
+def _walk(root: str, it) -> Iterator[dict]:
+    stack = [(root, it)]  # (directory, iterator over its entries), depth first
+    try:
+        while stack:
+            directory, entries = stack[-1]
+            entry = next(entries, None)
+            if entry is None:
+                _close_iter(stack.pop()[1])
+                continue
+            if not _utf8(entry.name):
+                continue
+            full = os.path.join(directory, entry.name)
             try:
-                out.append(describe(full, os.lstat(full), name))
+                s = entry.stat(follow_symlinks=False)
             except OSError:
                 continue
-    return out
+            yield describe(full, s, entry.name)
+            if st.S_ISDIR(s.st_mode):
+                try:
+                    child = os.scandir(full)
+                except OSError:
+                    continue
+                open_dirs = [i for i, (_, e) in enumerate(stack) if hasattr(e, "close")]
+                if len(open_dirs) >= MAX_OPEN_DIRS:
+                    d, e = stack[open_dirs[0]]
+                    stack[open_dirs[0]] = (d, iter(list(e)))
+                    e.close()
+                stack.append((full, child))
+    finally:
+        for _, entries in stack:
+            _close_iter(entries)
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes, kept as surrogates by os.fsdecode
+        return False
+    return True
+
+
+def _close_iter(entries) -> None:
+    if hasattr(entries, "close"):
+        entries.close()
 
 
 def op_mkdir(req: dict) -> None:
@@ -126,6 +178,22 @@ def op_copy(req: dict) -> None:
         shutil.copy2(src, dest, follow_symlinks=False)
 
 
+def op_symlink(req: dict) -> None:
+    """Make `path` a symbolic link to `target`, taken verbatim (uploads recreate links),
+    replacing a file or link already there (made beside it, then renamed over it)."""
+    target = req.get("target")
+    if not isinstance(target, str) or not target or "\0" in target:
+        raise RequestError("target must be a non-empty string without NUL bytes")
+    path = check_path(req.get("path"))
+    tmp = f"{path}.shuru-link-{os.getpid()}"
+    os.symlink(target, tmp)
+    try:
+        os.rename(tmp, path)
+    except OSError as e:
+        os.unlink(tmp)
+        raise OSError(e.errno, e.strerror, path) from None
+
+
 def op_chmod(req: dict) -> None:
     mode = req.get("mode")
     if not isinstance(mode, int) or isinstance(mode, bool) or not 0 <= mode <= 0o7777:
@@ -134,9 +202,11 @@ def op_chmod(req: dict) -> None:
 
 
 OPS = {
-    "stat": op_stat, "exists": op_exists, "list": op_list, "walk": op_walk, "mkdir": op_mkdir,
-    "remove": op_remove, "rename": op_rename, "copy": op_copy, "chmod": op_chmod,
+    "stat": op_stat, "exists": op_exists, "mkdir": op_mkdir, "remove": op_remove,
+    "rename": op_rename, "copy": op_copy, "chmod": op_chmod, "symlink": op_symlink,
 }
+# Ops whose answer is a stream of entries (see open_listing) rather than one `result`.
+LISTINGS = ("list", "walk")
 
 
 def open_for_read(req: dict) -> int:

@@ -24,6 +24,11 @@ CHUNK = 64 * 1024
 MAX_FRAME = CHUNK + 4096
 # Bytes a sender may have in flight per stream and direction before the receiver grants more.
 WINDOW = 1024 * 1024
+# A request too big for one frame (an exec whose argv and environment run to megabytes) goes
+# as `part` messages the guest joins; this bounds the joined request. Linux itself never
+# takes more than 6 MiB of argv and environment (3/4 of the 8 MiB stack-limit cap), so
+# every command it would run fits.
+MAX_REQUEST = 8 * 1024 * 1024
 
 CONTROL = 0  # stream 0 carries hello, ping/pong, resume and shutdown
 
@@ -62,7 +67,7 @@ SCHEMA: dict[str, dict[str, object]] = {
     # files and watches
     "fs": {"op": _STR},  # further fields depend on op; the agent checks them
     "result": {},  # "value": the op's result (any msgpack value)
-    "read": {"path": _STR},
+    "read": {"path": _STR, "limit?": (_INT, _NONE)},
     "write": {"path": _STR, "mode?": (_INT, _NONE), "append?": _BOOL, "parents?": _BOOL},
     "watch": {"path": _STR, "recursive?": _BOOL},
     "event": {"kind": _STR, "path": _STR, "dest?": _STR, "is_dir?": _BOOL},
@@ -75,6 +80,8 @@ SCHEMA: dict[str, dict[str, object]] = {
     "close": {},
     # port forwarding: the host opens an odd stream to a TCP port on the guest's loopback
     "tcp_connect": {"port": _INT},
+    # a host request too big for one frame, in pieces (see request_frames)
+    "part": {"d": _BIN, "more": _BOOL},
 }
 
 _UNPACK_LIMITS = dict(
@@ -82,6 +89,16 @@ _UNPACK_LIMITS = dict(
     max_str_len=MAX_FRAME,
     max_array_len=65536,
     max_map_len=65536,
+    max_ext_len=0,
+)
+
+
+# A joined request may hold many small strings (Linux takes ~200,000 one-letter arguments).
+_REQUEST_LIMITS = dict(
+    max_bin_len=MAX_REQUEST,
+    max_str_len=MAX_REQUEST,
+    max_array_len=MAX_REQUEST,
+    max_map_len=MAX_REQUEST,
     max_ext_len=0,
 )
 
@@ -101,6 +118,30 @@ def encode(msg: dict) -> bytes:
 def message(t: str, s: int = CONTROL, **fields) -> bytes:
     """Build and encode a message in one step."""
     return encode({"t": t, "s": s, **fields})
+
+
+def request_frames(msg: dict) -> list[bytes]:
+    """A host request as frames: one frame when it fits, else `part` messages on its stream
+    whose `d`s joined are the request's msgpack encoding (the last has `more` false). The
+    receiver joins at most MAX_REQUEST bytes; what is bigger still goes, and is refused there
+    (the guest names its limit)."""
+    payload = msgpack.packb(msg, use_bin_type=True)
+    if len(payload) <= MAX_FRAME:
+        return [HEADER.pack(len(payload)) + payload]
+    s = msg["s"]
+    return [encode({"t": "part", "s": s, "d": payload[i:i + CHUNK],
+                    "more": i + CHUNK < len(payload)})
+            for i in range(0, len(payload), CHUNK)]
+
+
+def decode_request(payload: bytes) -> dict:
+    """Decode and validate a request joined from `part`s (larger limits than one frame)."""
+    try:
+        msg = msgpack.unpackb(payload, raw=False, strict_map_key=True, **_REQUEST_LIMITS)
+    except Exception as e:
+        raise WireError(f"undecodable request: {e}") from None
+    validate(msg)
+    return msg
 
 
 def decode_payload(payload: bytes) -> dict:
@@ -139,6 +180,66 @@ def validate(msg: object) -> None:
             raise WireError(f"{t}: field {name!r} has type bool")
         if not isinstance(value, kinds):
             raise WireError(f"{t}: field {name!r} has type {type(value).__name__}")
+
+
+# ---- listings ------------------------------------------------------------------------------
+# `fs` list and walk answer with a byte stream on fd 1 (data within credit, like `read`): the
+# concatenated msgpack encodings of one entry map after another. A listing of any length thus
+# flows with bounded memory on both sides, and an entry may straddle two data frames.
+
+ENTRY_FIELDS = {"name": _STR, "path": _STR, "type": _STR, "size": _INT, "mode": _INT,
+                "mtime": (int, float), "uid": _INT, "gid": _INT}
+# An entry holds at most a PATH_MAX path and a NAME_MAX name, well under this.
+MAX_ENTRY = 16 * 1024
+
+
+def pack_entry(entry: dict) -> bytes:
+    return msgpack.packb(entry, use_bin_type=True)
+
+
+class EntryDecoder:
+    """Incremental decoder for a listing's byte stream: feed data chunks, get entries out.
+    Each entry is checked against ENTRY_FIELDS; a bad or oversized one raises WireError."""
+
+    def __init__(self):
+        self._unpacker = msgpack.Unpacker(
+            raw=False, strict_map_key=True, max_buffer_size=MAX_ENTRY + CHUNK,
+            max_bin_len=0, max_str_len=MAX_ENTRY, max_array_len=0, max_map_len=64,
+            max_ext_len=0)
+        self._fed = 0
+        self._end = 0  # where the last whole entry ended
+
+    def feed(self, data: bytes) -> list[dict]:
+        out = []
+        view = memoryview(data)
+        while view:  # in steps the buffer can take, since a merged chunk may be larger
+            piece, view = view[:CHUNK], view[CHUNK:]
+            self._fed += len(piece)
+            try:
+                self._unpacker.feed(piece)
+                for entry in self._unpacker:
+                    out.append(check_entry(entry))
+                    self._end = self._unpacker.tell()  # past a partial one, tell() runs on
+            except WireError:
+                raise
+            except Exception as e:  # msgpack raises several unrelated types
+                raise WireError(f"undecodable listing entry: {e}") from None
+        return out
+
+    def finish(self) -> None:
+        """The stream ended: nothing may be left half-sent."""
+        if self._end != self._fed:
+            raise WireError("listing ended in the middle of an entry")
+
+
+def check_entry(entry: object) -> dict:
+    if not isinstance(entry, dict):
+        raise WireError(f"listing entry is a {type(entry).__name__}, not a map")
+    for name, kind in ENTRY_FIELDS.items():
+        value = entry.get(name)
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise WireError(f"listing entry: field {name!r} missing or of the wrong type")
+    return entry
 
 
 class FrameDecoder:

@@ -100,7 +100,7 @@ class AsyncSandbox:
         self._disk_size = self.config.disk_size
         self._net = None  # guestnet.NetworkSession with allow_net
         self._ports = None  # ports.PortForwards: listeners bound before boot
-        self.files = Files(self._live_channel)
+        self.files = Files(self._live_channel, lambda: self.config.workdir)
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -285,10 +285,23 @@ class AsyncSandbox:
 
     def _exec_options(self, cwd, env, user) -> dict:
         # Placeholders and CA variables first, so a caller's own env can still override them.
-        merged_env = self._net.guest_env if self._net else {}
+        merged_env = self._net.guest_env if self._net else {}  # a fresh dict each time
         merged_env.update(self.config.env)
         if env:
             merged_env.update({str(k): str(v) for k, v in env.items()})
+        problems = []
+        if cwd is not None:
+            try:
+                cwd = os.fspath(cwd)
+            except TypeError:
+                problems.append(f"cwd must be a guest path (str), got {type(cwd).__name__}")
+            else:
+                if not isinstance(cwd, str):
+                    problems.append("cwd must be a guest path (str), got bytes")
+        if user is not None and not isinstance(user, str):
+            problems.append(f"user must be a user name (str), got {type(user).__name__}")
+        if problems:
+            raise cfg.ConfigError(problems)
         return {"cwd": cwd or self.config.workdir, "env": merged_env, "user": user}
 
     async def exec(self, command: str | Sequence[str], *, cwd: str | None = None,
@@ -326,7 +339,8 @@ class AsyncSandbox:
     async def watch(self, path: str, callback: Callable, *, recursive: bool = True) -> Watch:
         """Watch a guest directory; `callback(WatchEvent)` gets create/modify/delete/rename
         events (plain function or coroutine) until `await watch.stop()`."""
-        return await start_watch(self._live_channel(), path, callback, recursive)
+        return await start_watch(self._live_channel(), path, callback, recursive,
+                                 cwd=self.config.workdir)
 
     def network_log(self) -> list[dict]:
         """The network audit log, oldest first: dns, connect, deny, inject and close events

@@ -108,8 +108,8 @@ async def test_files(sb):
     assert not await sb.files.exists("/app/data2")
     with pytest.raises(GuestFileNotFoundError):
         await sb.files.read("/app/nothing")
-    with pytest.raises(GuestFileError, match="absolute"):
-        await sb.files.read("app/relative")
+    with pytest.raises(GuestFileNotFoundError, match="/root/app/relative"):
+        await sb.files.read("app/relative")  # relative to the working directory (/root)
     with pytest.raises(GuestFileError) as e:
         await sb.files.read("/app")
     assert e.value.code == "EISDIR"

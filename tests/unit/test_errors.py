@@ -117,3 +117,16 @@ def test_sync_start_warns_at_the_callers_line():
     assert caught[0].filename == __file__
     with pytest.raises(shuru.ConfigError, match="command"):
         shuru.Sandbox.start(command=["true"])
+
+
+async def test_exec_options_take_path_objects_and_refuse_other_types():
+    from pathlib import PurePosixPath
+
+    from shuru import AsyncSandbox, ConfigError
+
+    sandbox = AsyncSandbox()
+    assert sandbox._exec_options(PurePosixPath("/srv"), None, None)["cwd"] == "/srv"
+    with pytest.raises(ConfigError) as e:
+        sandbox._exec_options(3, None, 7)
+    assert e.value.problems == ["cwd must be a guest path (str), got int",
+                                "user must be a user name (str), got int"]
