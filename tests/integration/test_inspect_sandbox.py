@@ -100,7 +100,7 @@ async def test_a_stopped_sandbox_is_unavailable():
 TASK = '''
 from inspect_ai import Task, task
 from inspect_ai.dataset import Sample
-from inspect_ai.model import ModelOutput, get_model
+from inspect_ai.model import ModelOutput, ModelUsage, get_model
 from inspect_ai.scorer import match
 from inspect_ai.solver import generate, use_tools
 from inspect_ai.tool import bash
@@ -108,14 +108,18 @@ from inspect_ai.tool import bash
 
 def script(messages, tools, tool_choice, config):
     """The mock model: one bash call that names the sample, then the tool's output as the
-    answer."""
+    answer. Usage is given: without it mockllm counts tokens with tiktoken, which downloads
+    its tables."""
     tool_outputs = [m for m in messages if m.role == "tool"]
     if not tool_outputs:
         name = messages[-1].text
-        return ModelOutput.for_tool_call(
+        output = ModelOutput.for_tool_call(
             "mockllm/model", "bash",
             {"command": f"echo {name} > mine.txt; ls; pwd; echo $GREETING; cat /opt/seed"})
-    return ModelOutput.from_content("mockllm/model", tool_outputs[-1].text)
+    else:
+        output = ModelOutput.from_content("mockllm/model", tool_outputs[-1].text)
+    output.usage = ModelUsage(input_tokens=1, output_tokens=1, total_tokens=2)
+    return output
 
 
 @task
@@ -138,12 +142,15 @@ async def test_inspect_eval_runs_samples_in_their_own_sandboxes(tmp_path, runtim
         await sb.files.write("/opt/seed", "seeded\n")
         await sb.checkpoint(name)
     try:
-        (tmp_path / "task.py").write_text(TASK)
-        (tmp_path / "shuru.yaml").write_text(
+        # Run from elsewhere: the config file is found next to the task, as Inspect means.
+        (tmp_path / "evals").mkdir()
+        (tmp_path / "evals" / "task.py").write_text(TASK)
+        (tmp_path / "evals" / "shuru.yaml").write_text(
             f"from: {name}\ncpus: 1\nmemory: 512\nenv: {{GREETING: hello}}\n")
         r = await asyncio.to_thread(
-            subprocess.run, [INSPECT, "eval", "task.py", "--max-samples", "3", "--log-dir", "logs",
-             "--log-format", "json", "--display", "plain"],
+            subprocess.run, [INSPECT, "eval", "evals/task.py", "--max-samples", "3", "--max-sandboxes",
+                             "3", "--log-dir", "logs", "--log-format", "json", "--display",
+                             "plain"],
             cwd=tmp_path, capture_output=True, text=True, timeout=900)
         assert r.returncode == 0, r.stdout + r.stderr
     finally:
