@@ -72,6 +72,13 @@ async def test_exec_unknown_user_and_missing_cwd_are_failed_results(sandbox_env)
     assert not r.success and f"{WORKDIR}/no/such/dir" in r.stderr
 
 
+async def test_exec_user_may_be_a_uid(sandbox_env):
+    assert (await sandbox_env.exec(["id", "-un"], user="65534")).stdout == "nobody\n"
+    assert (await sandbox_env.exec(["id", "-u"], user="0")).stdout == "0\n"
+    r = await sandbox_env.exec(["true"], user="4242")
+    assert not r.success and "uid 4242" in r.stderr
+
+
 async def test_relative_paths_and_cwd_share_the_working_directory(sandbox_env):
     await sandbox_env.write_file("sub/f.txt", "a\r\nb")
     r = await sandbox_env.exec(["sh", "-c", "pwd; cat f.txt"], cwd="sub")

@@ -118,6 +118,11 @@ class ShuruSandboxEnvironment(SandboxEnvironment):
         # timeout_retry is for a container daemon that hangs; shuru's timeout is the guest
         # killing the command's process group, which a retry would only run again.
         with _unavailable():
+            if user is not None and user.isdigit():  # Inspect allows a uid; shuru takes names
+                name = await self._user_name(user)
+                if name is None:
+                    return ExecResult(False, 126, "", f"no user with uid {user} in the guest\n")
+                user = name
             try:
                 result = await self.sandbox.exec(
                     list(cmd), stdin=input, cwd=self._path(cwd or "."), env=env, user=user,
@@ -133,6 +138,12 @@ class ShuruSandboxEnvironment(SandboxEnvironment):
         if result.exit_code == 126 and result.stderr == f"shuru: {cmd[0]}: Permission denied\n":
             raise PermissionError(f"{cmd[0]}: permission denied (not executable)")
         return ExecResult(result.ok, result.exit_code, result.stdout, result.stderr)
+
+    async def _user_name(self, uid: str) -> str | None:
+        """The name of the guest user with this uid (the first, if several share it)."""
+        result = await self.sandbox.exec(["getent", "passwd", uid], timeout=60)
+        name = result.stdout.split(":", 1)[0] if result.ok else ""
+        return name or None
 
     # ---- files -------------------------------------------------------------------------
 
