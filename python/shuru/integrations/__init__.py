@@ -1,0 +1,1 @@
+"""Adapters that make shuru a sandbox choice in agent harnesses (optional extras)."""
