@@ -1,0 +1,1 @@
+"""Adapters for the harnesses agents run in; each imports its library only when used."""

@@ -1,0 +1,145 @@
+"""The OpenAI Agents SDK on real shuru VMs: a `SandboxAgent`, driven by the SDK's own
+scripted model, runs commands, writes files and reads them back through the SDK's tools in a
+VM the runner creates with `ShuruSandboxClient` and deletes after; the workspace it leaves is
+persisted as a tar snapshot, and a new VM started from that snapshot is hydrated with it.
+Two VMs in all: one for the agent run, one for the restored session (which also checks the
+SDK's file calls, an exposed port and an interactive PTY process)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import tarfile
+import urllib.request
+
+import pytest
+from agents import Runner
+from agents.items import ToolCallOutputItem
+from agents.run import RunConfig
+from agents.sandbox import Manifest, SandboxAgent, SandboxRunConfig
+from agents.sandbox.entries import File
+from agents.sandbox.errors import WorkspaceReadNotFoundError
+from agents.sandbox.snapshot import LocalSnapshot, LocalSnapshotSpec
+from agents.testing import ScriptedModel, assistant_message, function_call
+
+from shuru.integrations.openai_agents import (ShuruSandboxClient, ShuruSandboxClientOptions,
+                                              ShuruSandboxSessionState)
+
+pytestmark = [pytest.mark.usefixtures("image")]
+
+SCRIPT = "print(sum(range(10)))\n"
+
+
+def exec_command(cmd: str, call_id: str) -> object:
+    return function_call("exec_command", {"cmd": cmd, "yield_time_ms": 60_000},
+                         call_id=call_id)
+
+
+async def test_an_agent_works_in_a_vm_and_its_workspace_survives_into_a_new_one(
+        tmp_path, runtime_dir):
+    model = ScriptedModel([
+        [exec_command("pwd && head -1 /etc/os-release && cat brief.txt", "c1")],
+        [exec_command(f"mkdir -p src && printf '{SCRIPT.strip()}\\n' > src/sum.py "
+                      "&& echo wrote", "c2")],
+        [exec_command("cat src/sum.py && python3 src/sum.py && echo exit=$?", "c3")],
+        [assistant_message("done")],
+    ])
+    agent = SandboxAgent(name="worker", instructions="Work in the sandbox.", model=model)
+    snapshots = tmp_path / "snapshots"
+    client = ShuruSandboxClient()
+    run_config = RunConfig(
+        sandbox=SandboxRunConfig(
+            client=client, options=ShuruSandboxClientOptions(memory=1024),
+            manifest=Manifest(entries={"brief.txt": File(content=b"the brief\n")}),
+            snapshot=LocalSnapshotSpec(base_path=snapshots)),
+        tracing_disabled=True)
+
+    result = await Runner.run(agent, "Write and run a script.", run_config=run_config)
+
+    assert result.final_output == "done"
+    model.assert_complete()
+    outputs = [str(item.output) for item in result.new_items
+               if isinstance(item, ToolCallOutputItem)]
+    assert len(outputs) == 3, outputs
+    # The commands ran in the VM, in the workspace, where the manifest put the brief.
+    assert "/workspace" in outputs[0] and "Debian" in outputs[0], outputs[0]
+    assert "the brief" in outputs[0], outputs[0]
+    assert "wrote" in outputs[1], outputs[1]
+    assert SCRIPT.strip() in outputs[2] and "45" in outputs[2] and "exit=0" in outputs[2]
+    assert not client._live, "the runner's session must have stopped its VM"
+
+    # The runner persisted the workspace when the session stopped: one portable tar.
+    (archive,) = snapshots.glob("*.tar")
+    # A new session (a new VM) from that snapshot is hydrated with the same workspace.
+    session = await client.create(
+        snapshot=LocalSnapshot(id=archive.stem, base_path=snapshots),
+        options=ShuruSandboxClientOptions(memory=1024, exposed_ports=(8000,)))
+    async with session:
+        state = session.state
+        assert isinstance(state, ShuruSandboxSessionState)
+        sandbox = session._inner.sandbox
+        assert (await sandbox.files.read_text("/workspace/src/sum.py")) == SCRIPT
+        ran = await session.exec("python3 src/sum.py && cat brief.txt")
+        assert ran.exit_code == 0 and ran.stdout == b"45\nthe brief\n", ran.stderr
+
+        # The SDK's own file calls, with paths relative to the workspace.
+        await session.write("notes/out.txt", _bytes(b"written by the SDK\n"))
+        assert (await session.read("notes/out.txt")).read() == b"written by the SDK\n"
+        assert (await sandbox.files.read("/workspace/notes/out.txt")) == b"written by the SDK\n"
+        with pytest.raises(WorkspaceReadNotFoundError):
+            await session.read("missing.txt")
+
+        # persist_workspace gives workspace-relative members.
+        persisted = await session.persist_workspace()
+        with tarfile.open(fileobj=persisted, mode="r:") as tar:
+            names = {name.removeprefix("./") for name in tar.getnames()}
+        assert {"src/sum.py", "brief.txt", "notes/out.txt"} <= names, names
+
+        # An exposed port reaches a server in the guest from the host's loopback.
+        server = await sandbox.spawn("python3 -m http.server 8000 --bind 127.0.0.1",
+                                     cwd="/workspace")
+        ready = await session.exec(
+            "for i in $(seq 300); do python3 -c \"import socket; "
+            "socket.create_connection(('127.0.0.1', 8000))\" 2>/dev/null && exit 0; "
+            "sleep 0.2; done; exit 1")
+        assert ready.exit_code == 0
+        endpoint = await session.resolve_exposed_port(8000)
+        assert endpoint.host == "127.0.0.1"
+        body = await asyncio.to_thread(_fetch, endpoint.url_for("http") + "brief.txt")
+        assert body == b"the brief\n"
+        await server.kill()
+
+        # An interactive process on a PTY: it waits for input, then answers it.
+        update = await session.pty_exec_start("read x; echo got-$x", tty=True,
+                                              yield_time_s=0.3)
+        assert update.process_id is not None and update.exit_code is None
+        answer = update.output
+        update = await session.pty_write_stdin(session_id=update.process_id, chars="hi\n",
+                                               yield_time_s=5)
+        answer += update.output
+        for _ in range(60):  # polls of at least 5 s each: a generous bound, not a timing
+            if update.exit_code is not None:
+                break
+            update = await session.pty_write_stdin(session_id=update.process_id or 0,
+                                                   chars="")
+            answer += update.output
+        assert update.exit_code == 0 and b"got-hi" in answer, answer
+
+        # The state round-trips through JSON for a later resume().
+        payload = json.loads(json.dumps(client.serialize_session_state(state)))
+        again = client.deserialize_session_state(payload)
+        assert isinstance(again, ShuruSandboxSessionState)
+        assert again.options.exposed_ports == (8000,) and again.type == "shuru"
+    await client.delete(session)
+    assert not await session._inner.running()
+    assert not client._live
+
+
+def _bytes(data: bytes) -> io.BytesIO:
+    return io.BytesIO(data)
+
+
+def _fetch(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=60) as response:
+        return response.read()
