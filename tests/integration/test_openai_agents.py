@@ -2,8 +2,9 @@
 scripted model, runs commands, writes files and reads them back through the SDK's tools in a
 VM the runner creates with `ShuruSandboxClient` and deletes after; the workspace it leaves is
 persisted as a tar snapshot, and a new VM started from that snapshot is hydrated with it.
-Two VMs in all: one for the agent run, one for the restored session (which also checks the
-SDK's file calls, an exposed port and an interactive PTY process)."""
+Three VMs in all: one for the agent run, one for the restored session (which also checks the
+SDK's file calls, an exposed port and an interactive PTY process), and one for a later run
+that resumes that session from its serialised state."""
 
 from __future__ import annotations
 
@@ -90,11 +91,14 @@ async def test_an_agent_works_in_a_vm_and_its_workspace_survives_into_a_new_one(
         with pytest.raises(WorkspaceReadNotFoundError):
             await session.read("missing.txt")
 
-        # persist_workspace gives workspace-relative members.
+        # persist_workspace gives workspace-relative members, without the skipped paths.
+        await session.write("cache/big.bin", _bytes(b"x" * 1000))
+        session.register_persist_workspace_skip_path("cache")
         persisted = await session.persist_workspace()
         with tarfile.open(fileobj=persisted, mode="r:") as tar:
             names = {name.removeprefix("./") for name in tar.getnames()}
         assert {"src/sum.py", "brief.txt", "notes/out.txt"} <= names, names
+        assert not any(name.startswith("cache") for name in names), names
 
         # An exposed port reaches a server in the guest from the host's loopback.
         server = await sandbox.spawn("python3 -m http.server 8000 --bind 127.0.0.1",
@@ -126,14 +130,33 @@ async def test_an_agent_works_in_a_vm_and_its_workspace_survives_into_a_new_one(
             answer += update.output
         assert update.exit_code == 0 and b"got-hi" in answer, answer
 
-        # The state round-trips through JSON for a later resume().
+        # resume() of a session whose VM still runs here reattaches to that VM.
+        reattached = await client.resume(state)
+        assert reattached._inner is session._inner and await reattached.running()
+
+        # The state round-trips through JSON, for a resume() in another process.
         payload = json.loads(json.dumps(client.serialize_session_state(state)))
-        again = client.deserialize_session_state(payload)
-        assert isinstance(again, ShuruSandboxSessionState)
-        assert again.options.exposed_ports == (8000,) and again.type == "shuru"
-    await client.delete(session)
+    await client.delete(session)  # closing persisted the workspace into the snapshot again
     assert not await session._inner.running()
     assert not client._live
+
+    # A later run resumes that state: a new VM, hydrated from the session's snapshot.
+    resumed_state = client.deserialize_session_state(payload)
+    assert isinstance(resumed_state, ShuruSandboxSessionState)
+    assert resumed_state.options.exposed_ports == (8000,) and resumed_state.type == "shuru"
+    model = ScriptedModel([[exec_command("cat notes/out.txt src/sum.py", "c4")],
+                           [assistant_message("resumed")]])
+    agent = SandboxAgent(name="worker", instructions="Work in the sandbox.", model=model)
+    result = await Runner.run(
+        agent, "Show the notes.", run_config=RunConfig(
+            sandbox=SandboxRunConfig(client=client, session_state=resumed_state),
+            tracing_disabled=True))
+    assert result.final_output == "resumed"
+    (output,) = [str(item.output) for item in result.new_items
+                 if isinstance(item, ToolCallOutputItem)]
+    assert "written by the SDK" in output and SCRIPT.strip() in output, output
+    assert not client._live
+    assert not list(runtime_dir.iterdir()), "a VM was left behind"
 
 
 def _bytes(data: bytes) -> io.BytesIO:

@@ -151,6 +151,7 @@ class ShuruSandboxSession(BaseSandboxSession):
         self.state = state
         self._sandbox = sandbox
         self._on_shutdown = on_shutdown
+        self._vm = uuid.uuid4()  # names the VM now behind the session (see the helper cache)
         self._pty_lock = asyncio.Lock()
         self._pty_processes: dict[int, _PtyEntry] = {}
 
@@ -172,6 +173,7 @@ class ShuruSandboxSession(BaseSandboxSession):
             env = await self.state.manifest.environment.resolve()
             self._sandbox = await AsyncSandbox.start(env=env,
                                                      **self.state.options.start_options())
+            self._vm = uuid.uuid4()
         except ShuruError as e:
             raise WorkspaceStartError(path=root, cause=e,
                                       context={"reason": str(e)}) from e
@@ -191,7 +193,7 @@ class ShuruSandboxSession(BaseSandboxSession):
         return (RESOLVE_WORKSPACE_PATH_HELPER,)
 
     def _current_runtime_helper_cache_key(self) -> object | None:
-        return id(self._sandbox)  # a new VM has none of the old one's helpers
+        return self._vm  # a new VM has none of the old one's helpers
 
     async def _validate_path_access(self, path: Path | str, *, for_write: bool = False) -> Path:
         # Resolve symlinks in the guest, as the Docker client does: a link inside the
@@ -332,6 +334,10 @@ class ShuruSandboxSession(BaseSandboxSession):
             return strip_tar_member_prefix(archive, prefix=f"./{name}",
                                            relativize_symlinks_under=root)
         except ShuruError as e:
+            archive.close()
+            raise WorkspaceArchiveReadError(path=error_root, cause=e,
+                                            context={"reason": str(e)}) from e
+        except (tarfile.TarError, UnsafeTarMemberError) as e:
             archive.close()
             raise WorkspaceArchiveReadError(path=error_root, cause=e,
                                             context={"reason": str(e)}) from e
