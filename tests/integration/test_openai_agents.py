@@ -20,7 +20,7 @@ from agents.items import ToolCallOutputItem
 from agents.run import RunConfig
 from agents.sandbox import Manifest, SandboxAgent, SandboxRunConfig
 from agents.sandbox.entries import File
-from agents.sandbox.errors import WorkspaceReadNotFoundError
+from agents.sandbox.errors import WorkspaceArchiveWriteError, WorkspaceReadNotFoundError
 from agents.sandbox.snapshot import LocalSnapshot, LocalSnapshotSpec
 from agents.testing import ScriptedModel, assistant_message, function_call
 
@@ -90,6 +90,15 @@ async def test_an_agent_works_in_a_vm_and_its_workspace_survives_into_a_new_one(
         assert (await sandbox.files.read("/workspace/notes/out.txt")) == b"written by the SDK\n"
         with pytest.raises(WorkspaceReadNotFoundError):
             await session.read("missing.txt")
+        # ... and as another user of the guest, with that user's permissions.
+        assert (await session.exec("id -un", user="nobody")).stdout == b"nobody\n"
+        assert (await session.read("brief.txt", user="nobody")).read() == b"the brief\n"
+        with pytest.raises(WorkspaceArchiveWriteError):
+            await session.write("by-nobody.txt", _bytes(b"refused"), user="nobody")
+        await session.exec("mkdir -m 777 shared")
+        await session.write("shared/n.txt", _bytes(b"mine\n"), user="nobody")
+        owner = await session.exec("stat -c %U:%s shared/n.txt")
+        assert owner.stdout == b"nobody:5\n", owner.stdout
 
         # persist_workspace gives workspace-relative members, without the skipped paths.
         await session.write("cache/big.bin", _bytes(b"x" * 1000))
@@ -97,7 +106,7 @@ async def test_an_agent_works_in_a_vm_and_its_workspace_survives_into_a_new_one(
         persisted = await session.persist_workspace()
         with tarfile.open(fileobj=persisted, mode="r:") as tar:
             names = {name.removeprefix("./") for name in tar.getnames()}
-        assert {"src/sum.py", "brief.txt", "notes/out.txt"} <= names, names
+        assert {"src/sum.py", "brief.txt", "notes/out.txt", "shared/n.txt"} <= names, names
         assert not any(name.startswith("cache") for name in names), names
 
         # An exposed port reaches a server in the guest from the host's loopback.

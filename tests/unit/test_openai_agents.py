@@ -69,3 +69,24 @@ async def test_commands_without_a_vm_are_the_sdks_transport_error():
     with pytest.raises(ExecTransportError) as caught:
         await session.exec("true")
     assert not isinstance(caught.value, (OSError, ShuruError))
+
+
+async def test_output_nobody_polls_is_bounded_keeping_the_newest():
+    from shuru.integrations.openai_agents import _PTY_BUFFER_MAX, _PtyEntry
+
+    session = (await ShuruSandboxClient().create())._inner
+    entry = _PtyEntry(process=None, tty=False)
+    chunk = 64 * 1024
+    total = _PTY_BUFFER_MAX + 2 * 1024 * 1024
+    for i in range(total // chunk):
+        await entry.add(bytes([i % 251]) * chunk)
+    assert sum(map(len, entry.output_chunks)) <= _PTY_BUFFER_MAX
+    assert entry.dropped == total - sum(map(len, entry.output_chunks)) > 0
+    dropped = entry.dropped
+    entry.exit_code = 0
+    entry.output_closed.set()
+    update = await session._update(1, entry, 250, None)
+    assert update.exit_code == 0 and update.process_id is None
+    assert update.output.startswith(b"[... %d bytes of output dropped ...]\n" % dropped)
+    assert update.output.endswith(bytes([(total // chunk - 1) % 251]) * chunk)
+    assert entry.dropped == 0

@@ -81,6 +81,9 @@ BACKEND_ID = "shuru"
 # whereas exec output is capped (and held in memory).
 _GUEST_STAGING_DIR = "/tmp/shuru-agents"
 _CHUNK = 1 << 20
+# Output of a `pty_exec_start` process held until the model polls it; the SDK truncates what
+# it shows the model to a token budget far below this anyway.
+_PTY_BUFFER_MAX = 4 << 20
 
 
 class ShuruSandboxClientOptions(BaseSandboxClientOptions):
@@ -138,7 +141,24 @@ class _PtyEntry:
     output_notify: asyncio.Event = field(default_factory=asyncio.Event)
     output_closed: asyncio.Event = field(default_factory=asyncio.Event)
     exit_code: int | None = None
+    error: ShuruError | None = None  # what ended the process's stream, if not an exit
     wait_task: asyncio.Task | None = None
+    buffered: int = 0  # bytes appended since the buffer was last measured (an upper bound)
+    dropped: int = 0  # bytes dropped since the last update, to bound host memory
+
+    async def add(self, data: bytes) -> None:
+        async with self.output_lock:
+            self.output_chunks.append(data)
+            self.buffered += len(data)
+            if self.buffered > _PTY_BUFFER_MAX:
+                # A process nobody polls must not fill the host's memory: keep the newest
+                # output (what a model asks for next), and say how much went.
+                self.buffered = sum(map(len, self.output_chunks))
+                while self.buffered > _PTY_BUFFER_MAX and len(self.output_chunks) > 1:
+                    gone = len(self.output_chunks.popleft())
+                    self.buffered -= gone
+                    self.dropped += gone
+        self.output_notify.set()
 
 
 class ShuruSandboxSession(BaseSandboxSession):
@@ -228,11 +248,11 @@ class ShuruSandboxSession(BaseSandboxSession):
                              timeout: float | None = None) -> ExecResult:
         return await self._run([str(c) for c in command], timeout=timeout, user=None)
 
-    async def _run(self, argv: list[str], *, timeout: float | None, user: str | None,
-                   stdin: bytes | None = None) -> ExecResult:
+    async def _run(self, argv: list[str], *, timeout: float | None,
+                   user: str | None) -> ExecResult:
         try:
             result = await self.sandbox.exec(argv, cwd=self.state.manifest.root, user=user,
-                                             timeout=timeout, stdin=stdin)
+                                             timeout=timeout)
         except ShuruExecTimeoutError as e:
             raise ExecTimeoutError(command=argv, timeout_s=timeout, cause=e) from e
         except ShuruError as e:
@@ -287,20 +307,39 @@ class ShuruSandboxSession(BaseSandboxSession):
         workspace_path = await self._validate_path_access(path, for_write=True)
         guest_path = sandbox_path_str(workspace_path)
         if user is not None:
-            body = await asyncio.to_thread(_read_all, payload.stream)
-            argv = ["sh", "-c", 'mkdir -p "$(dirname "$1")" && cat > "$1"', "sh", guest_path]
-            result = await self._run(argv, timeout=None, user=_user_name(user), stdin=body)
-            if not result.ok():
-                raise WorkspaceArchiveWriteError(
-                    path=workspace_path,
-                    context={"exit_code": result.exit_code,
-                             "stderr": result.stderr.decode("utf-8", "replace")})
+            # Write as that user, so its permissions apply; streamed through stdin.
+            await self._write_as(guest_path, payload.stream, _user_name(user), workspace_path)
             return
         try:
             await self.sandbox.files.write(guest_path, _ByteChunks(payload.stream))
         except ShuruError as e:
             raise WorkspaceArchiveWriteError(path=workspace_path, cause=e,
                                              context={"reason": str(e)}) from e
+
+    async def _write_as(self, guest_path: str, stream: io.IOBase, user: str | None,
+                        error_path: Path) -> None:
+        argv = ["sh", "-c", 'mkdir -p "$(dirname "$1")" && cat > "$1"', "sh", guest_path]
+        try:
+            process = await self.sandbox.spawn(argv, cwd=self.state.manifest.root, user=user)
+            stderr = bytearray()  # the first 4 KiB, for the error
+            process.on("stdout", lambda data: None)
+            process.on("stderr", lambda data: stderr.extend(data[:4096 - len(stderr)]))
+            try:
+                async for chunk in _ByteChunks(stream):
+                    await process.write(chunk)
+                await process.close_stdin()
+                code = await process.wait()
+            except BaseException:
+                with suppress(ShuruError):
+                    await process.kill()
+                raise
+        except ShuruError as e:
+            raise WorkspaceArchiveWriteError(path=error_path, cause=e,
+                                             context={"reason": str(e)}) from e
+        if code != 0:
+            raise WorkspaceArchiveWriteError(
+                path=error_path,
+                context={"exit_code": code, "stderr": stderr.decode("utf-8", "replace")})
 
     # ---- workspace archives --------------------------------------------------------------
 
@@ -398,22 +437,17 @@ class ShuruSandboxSession(BaseSandboxSession):
             raise ExecTransportError(command=argv, cause=e, context={"reason": str(e)}) from e
         entry = _PtyEntry(process=process, tty=tty)
 
-        async def collect(data: bytes) -> None:
-            async with entry.output_lock:
-                entry.output_chunks.append(data)
-            entry.output_notify.set()
-
         async def watch() -> None:
             try:
                 entry.exit_code = await process.wait()
-            except ShuruError:
-                pass  # the stream broke (the VM died): the process is over all the same
+            except ShuruError as e:
+                entry.error = e  # the stream broke (the VM died)
             finally:
                 entry.output_closed.set()
                 entry.output_notify.set()
 
         # Registered before anything awaits, so no output can pass unseen.
-        process.on("stdout", collect).on("stderr", collect)
+        process.on("stdout", entry.add).on("stderr", entry.add)
         entry.wait_task = asyncio.create_task(watch())
 
         pruned = None
@@ -456,14 +490,18 @@ class ShuruSandboxSession(BaseSandboxSession):
             output_chunks=entry.output_chunks, output_lock=entry.output_lock,
             output_notify=entry.output_notify, is_done=entry.output_closed.is_set,
             yield_time_ms=yield_ms, max_output_tokens=max_output_tokens)
-        exit_code = None
-        live_id: int | None = process_id
-        if closed:
-            exit_code = entry.exit_code if entry.exit_code is not None else -1
-            async with self._pty_lock:
-                self._pty_processes.pop(process_id, None)
-            live_id = None
-        return PtyExecUpdate(process_id=live_id, output=output, exit_code=exit_code,
+        if entry.dropped:
+            output = b"[... %d bytes of output dropped ...]\n" % entry.dropped + output
+            entry.dropped = 0
+        if not closed:
+            return PtyExecUpdate(process_id=process_id, output=output, exit_code=None,
+                                 original_token_count=token_count)
+        async with self._pty_lock:
+            self._pty_processes.pop(process_id, None)
+        if entry.error is not None:
+            raise ExecTransportError(command=entry.process.argv, cause=entry.error,
+                                     context={"reason": str(entry.error)})
+        return PtyExecUpdate(process_id=None, output=output, exit_code=entry.exit_code,
                              original_token_count=token_count)
 
     async def pty_terminate_all(self) -> None:
@@ -552,13 +590,6 @@ async def _terminate(entry: _PtyEntry) -> None:
         await entry.process.kill()
     if entry.wait_task is not None:
         entry.wait_task.cancel()
-
-
-def _read_all(stream: io.IOBase) -> bytes:
-    parts = []
-    while chunk := stream.read(_CHUNK):
-        parts.append(chunk.encode("utf-8") if isinstance(chunk, str) else bytes(chunk))
-    return b"".join(parts)
 
 
 def _copy_bytes(source: io.IOBase, dest, error_root: Path) -> None:
