@@ -20,7 +20,8 @@ from agents.items import ToolCallOutputItem
 from agents.run import RunConfig
 from agents.sandbox import Manifest, SandboxAgent, SandboxRunConfig
 from agents.sandbox.entries import File
-from agents.sandbox.errors import WorkspaceArchiveWriteError, WorkspaceReadNotFoundError
+from agents.sandbox.errors import (WorkspaceArchiveWriteError, WorkspaceReadNotFoundError,
+                                   WorkspaceStartError)
 from agents.sandbox.snapshot import LocalSnapshot, LocalSnapshotSpec
 from agents.testing import ScriptedModel, assistant_message, function_call
 
@@ -175,3 +176,15 @@ def _bytes(data: bytes) -> io.BytesIO:
 def _fetch(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=60) as response:
         return response.read()
+
+
+async def test_a_session_that_fails_to_start_leaves_no_vm(runtime_dir):
+    client = ShuruSandboxClient()
+    # The VM boots, then the workspace cannot be made (nothing can be created under /proc).
+    session = await client.create(manifest=Manifest(root="/proc/workspace"),
+                                  options=ShuruSandboxClientOptions(memory=1024))
+    with pytest.raises(WorkspaceStartError) as caught:
+        await session.start()
+    assert "/proc/workspace" in str(caught.value.__cause__)
+    assert not await session.running() and not client._live
+    assert not list(runtime_dir.iterdir()), "a VM was left behind"

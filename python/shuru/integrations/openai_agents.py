@@ -166,12 +166,12 @@ class ShuruSandboxSession(BaseSandboxSession):
 
     state: ShuruSandboxSessionState
 
-    def __init__(self, *, state: ShuruSandboxSessionState, sandbox: AsyncSandbox | None = None,
-                 on_shutdown=None) -> None:
+    def __init__(self, *, state: ShuruSandboxSessionState, on_shutdown=None) -> None:
         self.state = state
-        self._sandbox = sandbox
+        self._sandbox: AsyncSandbox | None = None
         self._on_shutdown = on_shutdown
         self._vm = uuid.uuid4()  # names the VM now behind the session (see the helper cache)
+        self._booted_by_start = False
         self._pty_lock = asyncio.Lock()
         self._pty_processes: dict[int, _PtyEntry] = {}
 
@@ -186,6 +186,7 @@ class ShuruSandboxSession(BaseSandboxSession):
         return self._sandbox
 
     async def _ensure_backend_started(self) -> None:
+        self._booted_by_start = False
         if self._sandbox is not None and self._sandbox.state == State.RUNNING:
             return
         root = Path(self.state.manifest.root)
@@ -193,10 +194,17 @@ class ShuruSandboxSession(BaseSandboxSession):
             env = await self.state.manifest.environment.resolve()
             self._sandbox = await AsyncSandbox.start(env=env,
                                                      **self.state.options.start_options())
-            self._vm = uuid.uuid4()
         except ShuruError as e:
             raise WorkspaceStartError(path=root, cause=e,
                                       context={"reason": str(e)}) from e
+        self._vm = uuid.uuid4()
+        self._booted_by_start = True
+
+    async def _after_start_failed(self) -> None:
+        # A VM this start booted serves nobody once the start failed (the caller has no
+        # session to close): stop it now rather than when this process exits.
+        if self._booted_by_start:
+            await self._shutdown_backend()
 
     async def _prepare_backend_workspace(self) -> None:
         # The workspace root exists before the manifest is applied, so every command can run
@@ -384,7 +392,7 @@ class ShuruSandboxSession(BaseSandboxSession):
             archive.close()
             raise
         finally:
-            with suppress(ShuruError):
+            with suppress(ShuruError, ExecTransportError):
                 await self.sandbox.files.remove(staged, recursive=False)
 
     async def hydrate_workspace(self, data: io.IOBase) -> None:
