@@ -18,11 +18,12 @@ from shuru.integrations.openai_agents import (ShuruSandboxClient, ShuruSandboxCl
 
 def test_options_are_the_start_arguments_of_the_sandbox():
     options = ShuruSandboxClientOptions(
-        checkpoint="ready", cpus=4, memory=4096, allow_net=True,
+        checkpoint="ready", cpus=4, memory=4096, lifetime=600, allow_net=True,
         network={"allow": ["pypi.org"]},
         secrets={"TOKEN": {"from": "HOST_TOKEN", "hosts": ["api.example.com"]}})
     assert options.start_options() == {
-        "from_": "ready", "cpus": 4, "memory": 4096, "cold": False, "allow_net": True,
+        "from_": "ready", "cpus": 4, "memory": 4096, "lifetime": 600, "cold": False,
+        "allow_net": True,
         "network": {"allow": ["pypi.org"]},
         "secrets": {"TOKEN": {"from": "HOST_TOKEN", "hosts": ["api.example.com"]}}}
     # Unset fields are left to shuru's defaults (and its config errors).

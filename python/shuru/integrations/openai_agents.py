@@ -89,7 +89,8 @@ _PTY_BUFFER_MAX = 4 << 20
 class ShuruSandboxClientOptions(BaseSandboxClientOptions):
     """How to start each session's VM: the `AsyncSandbox.start` options that make sense for
     an agent's sandbox. `checkpoint` names a shuru checkpoint to start from (tools installed
-    once, every session forks it); `exposed_ports` are guest ports the session may expose
+    once, every session forks it); `lifetime` stops the VM that many seconds after it
+    started, whatever the agent does; `exposed_ports` are guest ports the session may expose
     on the host's loopback (`session.resolve_exposed_port(port)`); the network is off
     unless `allow_net`, and then limited by `network` (`{"allow": [...]}`) with `secrets`
     injected on the host as shuru documents (`{NAME: {"from": HOST_VAR, "hosts": [...]}}`).
@@ -101,6 +102,7 @@ class ShuruSandboxClientOptions(BaseSandboxClientOptions):
     memory: int | None = None
     disk_size: int | None = None
     cold: bool = False
+    lifetime: float | None = None
     allow_net: bool = False
     network: dict[str, Any] | None = None
     secrets: dict[str, dict[str, Any]] | None = None
@@ -109,7 +111,7 @@ class ShuruSandboxClientOptions(BaseSandboxClientOptions):
     def start_options(self) -> dict[str, Any]:
         """The keyword arguments for `AsyncSandbox.start`."""
         options: dict[str, Any] = {"cold": self.cold}
-        for name in ("cpus", "memory", "disk_size", "network", "secrets"):
+        for name in ("cpus", "memory", "disk_size", "lifetime", "network", "secrets"):
             value = getattr(self, name)
             if value is not None:
                 options[name] = value
