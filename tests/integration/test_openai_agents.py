@@ -103,11 +103,14 @@ async def test_an_agent_works_in_a_vm_and_its_workspace_survives_into_a_new_one(
 
         # persist_workspace gives workspace-relative members, without the skipped paths.
         await session.write("cache/big.bin", _bytes(b"x" * 1000))
+        await session.write("keep-me.txt", _bytes(b"kept"))
         session.register_persist_workspace_skip_path("cache")
+        session.register_persist_workspace_skip_path("keep-*")  # a name, not a pattern
         persisted = await session.persist_workspace()
         with tarfile.open(fileobj=persisted, mode="r:") as tar:
             names = {name.removeprefix("./") for name in tar.getnames()}
-        assert {"src/sum.py", "brief.txt", "notes/out.txt", "shared/n.txt"} <= names, names
+        assert {"src/sum.py", "brief.txt", "notes/out.txt", "shared/n.txt",
+                "keep-me.txt"} <= names, names
         assert not any(name.startswith("cache") for name in names), names
 
         # An exposed port reaches a server in the guest from the host's loopback.

@@ -361,8 +361,9 @@ class ShuruSandboxSession(BaseSandboxSession):
                                             context={"reason": "workspace root is /"})
         parent, name = posixpath.split(root.as_posix().rstrip("/"))
         staged = f"{_GUEST_STAGING_DIR}/{uuid.uuid4().hex}.tar"
-        excludes = [f"--exclude=./{name}/{rel.as_posix()}"
-                    for rel in sorted(self._persist_workspace_skip_relpaths())]
+        # Skip paths are names, not patterns: `--no-wildcards` keeps a `*` in one literal.
+        excludes = ["--no-wildcards", *(f"--exclude=./{name}/{rel.as_posix()}"
+                                        for rel in sorted(self._persist_workspace_skip_relpaths()))]
         # Members are `./NAME/...`; the SDK's helper rewrites them to workspace-relative ones
         # and rebases absolute symlinks that point inside the workspace.
         script = ('mkdir -p "$1" && out=$2 && dir=$3 && shift 3 && '
