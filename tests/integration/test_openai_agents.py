@@ -91,6 +91,10 @@ async def test_an_agent_works_in_a_vm_and_its_workspace_survives_into_a_new_one(
         assert (await sandbox.files.read("/workspace/notes/out.txt")) == b"written by the SDK\n"
         with pytest.raises(WorkspaceReadNotFoundError):
             await session.read("missing.txt")
+        await session.exec("head -c 3000000 /dev/zero > zeros.bin")
+        assert await session.read_bounded("zeros.bin", max_bytes=10) == bytes(10)
+        with pytest.raises(WorkspaceReadNotFoundError):
+            await session.read_bounded("missing.txt", max_bytes=10)
         # ... and as another user of the guest, with that user's permissions.
         assert (await session.exec("id -un", user="nobody")).stdout == b"nobody\n"
         assert (await session.read("brief.txt", user="nobody")).read() == b"the brief\n"

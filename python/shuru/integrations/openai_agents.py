@@ -35,7 +35,7 @@ import tarfile
 import tempfile
 import uuid
 from collections import deque
-from contextlib import suppress
+from contextlib import aclosing, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -310,6 +310,20 @@ class ShuruSandboxSession(BaseSandboxSession):
                                             context={"reason": str(e)}) from e
         spool.seek(0)
         return spool
+
+    async def _read_bounded(self, path: Path, *, max_bytes: int) -> bytes:
+        # Stop the guest's stream after max_bytes, so a huge file costs no more than that.
+        guest_path = sandbox_path_str(await self._validate_path_access(path))
+        out = bytearray()
+        try:
+            async with aclosing(self.sandbox.files.iter_read(guest_path)) as chunks:
+                async for chunk in chunks:
+                    out += chunk[:max_bytes - len(out)]
+                    if len(out) >= max_bytes:
+                        break
+        except GuestFileNotFoundError as e:
+            raise WorkspaceReadNotFoundError(path=path, cause=e) from e
+        return bytes(out)
 
     async def write(self, path: Path, data: io.IOBase, *,
                     user: str | User | None = None) -> None:
