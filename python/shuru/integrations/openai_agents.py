@@ -71,9 +71,9 @@ except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError("shuru.integrations.openai_agents needs the OpenAI Agents SDK: "
                       "pip install 'shuru[openai-agents]'") from e
 
-from ..errors import ExecTimeoutError as ShuruExecTimeoutError
-from ..errors import GuestFileNotFoundError, ShuruError
-from ..sandbox import AsyncSandbox, State
+# shuru's public API only, as any other user of it would import it.
+from shuru import AsyncSandbox, GuestFileNotFoundError, ShuruError, State
+from shuru import ExecTimeoutError as ShuruExecTimeoutError
 
 BACKEND_ID = "shuru"
 
