@@ -1,1 +1,1 @@
-"""Adapters that make shuru a sandbox choice in agent harnesses (optional extras)."""
+"""Adapters for the harnesses agents run in; each imports its library only when used."""
