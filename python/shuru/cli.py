@@ -388,6 +388,35 @@ def upgrade(check: bool = typer.Option(False, "--check", help="Only report wheth
 
 @app.command()
 @handle_errors
+def mcp(secret: List[str] = typer.Option(
+        [], "--secret", help="Offer a secret to sandboxes: NAME=HOST_ENV_VAR@host1,host2")):
+    """Serve sandboxes to an MCP client (Claude Desktop, Cursor, ...) over stdio.
+
+    Register it in the client's MCP configuration
+    (claude_desktop_config.json, .cursor/mcp.json, ...):
+
+        {"mcpServers": {"shuru": {"command": "shuru", "args": ["mcp"]}}}
+
+    or with Claude Code:  claude mcp add shuru -- shuru mcp
+
+    Give the full path of shuru if the client does not see your PATH.
+    --secret KEY=KEY@api.example.com (repeatable, in "args" after "mcp")
+    lets a model name KEY when it starts a sandbox: it never sees the
+    value, which goes only to those hosts. Every sandbox a client
+    started stops when it disconnects. Needs pip install 'shuru\\[mcp]'.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("mcp") is None:  # the optional extra is not installed
+        raise fail("shuru mcp needs the mcp package: pip install 'shuru[mcp]'")
+    from .integrations.mcp import main as serve
+
+    offered = network_flags(None, [], secret).get("secrets", {})
+    serve(offered)
+
+
+@app.command()
+@handle_errors
 def version():
     """Print shuru's version."""
     from . import __version__
