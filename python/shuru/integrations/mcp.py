@@ -378,7 +378,8 @@ def build_server(session: Session):
                                                "for line-oriented programs)")],
         close: Annotated[bool, Field(description="Close stdin after writing (end of input)")] = False,
     ) -> dict[str, Any]:
-        """Write text to a running process's stdin."""
+        """Write text to the stdin of a process started with start_process; close=true
+        ends its input (as Ctrl-D would)."""
         process = session.process(process_id).process
         if data:
             await process.write(data)
