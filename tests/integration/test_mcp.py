@@ -1,7 +1,8 @@
 """`shuru mcp` against real VMs: the real `shuru` console script started as a stdio
 subprocess by the mcp package's own `Client`, as an MCP client (Claude Desktop, Cursor)
 would start it. One session story (sandbox, exec, files, a long-running process, errors,
-a checkpoint and a sandbox started from it, disconnect) and one kill -9 of the server."""
+a checkpoint and a sandbox started from it, disconnect), and the server killed with
+SIGKILL and with SIGTERM."""
 
 import json
 import os
@@ -153,15 +154,19 @@ async def test_a_session_runs_commands_files_processes_and_stops_its_vms_on_disc
     assert list(runtime_dir.iterdir()) == []
 
 
-async def test_kill_9_of_the_server_leaves_no_vm(runtime_dir):
-    async with Client(server()) as client:
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "term"])
+async def test_a_killed_server_leaves_no_vm(runtime_dir, sig):
+    async with Client(server()) as client:  # the client keeps the server's stdin open
         await call(client, "start_sandbox", cpus=1, memory_mb=1024)
         (qemu,) = qemus(runtime_dir)
         status = Path(f"/proc/{qemu}/status").read_text()
         server_pid = int(next(line.split()[1] for line in status.splitlines()
                               if line.startswith("PPid:")))
         assert "shuru" in Path(f"/proc/{server_pid}/cmdline").read_text()
-        os.kill(server_pid, signal.SIGKILL)
+        os.kill(server_pid, sig)
         assert wait_gone([qemu]) == []
+        if sig == signal.SIGTERM:
+            # Stopped by the server itself, not a VM that died with it: nothing left behind.
+            assert wait_gone([server_pid]) == [] and list(runtime_dir.iterdir()) == []
         with pytest.raises(Exception):  # the connection is gone, and the client says so
             await client.call_tool("list_sandboxes", {})

@@ -21,6 +21,7 @@ prompt-injected model cannot aim a key at a host of its choosing.
 import asyncio
 import base64
 import itertools
+import os
 import signal as _signal
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
@@ -35,6 +36,7 @@ PROCESS_BUFFER_LIMIT = 1024 * 1024  # unread output per process; past it the pro
 FILE_READ_LIMIT = 1024 * 1024
 LIST_LIMIT = 1000
 MAX_WAIT = 60.0
+STOP_SIGNALS = (_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP)
 SIGNALS = {"TERM": _signal.SIGTERM, "KILL": _signal.SIGKILL, "INT": _signal.SIGINT,
            "HUP": _signal.SIGHUP, "QUIT": _signal.SIGQUIT, "USR1": _signal.SIGUSR1,
            "USR2": _signal.SIGUSR2, "STOP": _signal.SIGSTOP, "CONT": _signal.SIGCONT}
@@ -186,6 +188,9 @@ class Session:
         if self._closed:
             raise ShuruError("the session is closing")
         sandbox = await AsyncSandbox.start(lifetime=lifetime, **options)
+        if self._closed:  # the session closed while this one booted
+            await sandbox.stop()
+            raise ShuruError("the session is closing")
         sandbox_id = f"sb-{next(self._ids)}"
         self.sandboxes[sandbox_id] = Entry(sandbox, options)
         return sandbox_id
@@ -486,27 +491,37 @@ async def serve(offered_secrets: dict | None = None) -> None:
 
     session = Session(offered_secrets)
     server = build_server(session)
+
+    async def on_signal() -> None:
+        with anyio.open_signal_receiver(*STOP_SIGNALS) as signals:
+            async for signum in signals:
+                # Cancelling the server would wait for its stdin reader, a thread blocked
+                # in read() while the client keeps the pipe open: stop the VMs here, then
+                # die of the signal as if we had not caught it.
+                ignore_stop_signals()
+                with anyio.CancelScope(shield=True):
+                    await session.close()
+                _signal.signal(signum, _signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
+
     try:
         async with anyio.create_task_group() as tg:
-            async def on_signal() -> None:
-                with anyio.open_signal_receiver(_signal.SIGTERM, _signal.SIGINT,
-                                                _signal.SIGHUP) as signals:
-                    async for _ in signals:
-                        tg.cancel_scope.cancel()
-                        return
-
             tg.start_soon(on_signal)
             try:
                 await server.run_stdio_async()
             finally:
                 tg.cancel_scope.cancel()
     finally:
-        # A client that tires of waiting signals again; stopping the VMs goes on (SIGKILL
-        # still ends us, and QEMU with us).
-        for sig in (_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP):
-            _signal.signal(sig, _signal.SIG_IGN)
+        ignore_stop_signals()
         with anyio.CancelScope(shield=True):
             await session.close()
+
+
+def ignore_stop_signals() -> None:
+    """While the VMs stop, a client that tires of waiting may signal again: stopping goes
+    on (SIGKILL still ends us, and QEMU with us)."""
+    for sig in STOP_SIGNALS:
+        _signal.signal(sig, _signal.SIG_IGN)
 
 
 def main(offered_secrets: dict | None = None) -> None:
