@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -402,7 +403,8 @@ def mcp(secret: List[str] = typer.Option(
     Give the full path of shuru if the client does not see your PATH.
     --secret KEY=KEY@api.example.com (repeatable, in "args" after "mcp")
     lets a model name KEY when it starts a sandbox: it never sees the
-    value, which goes only to those hosts. Every sandbox a client
+    value, which goes only to those hosts (put KEY in the entry's "env":
+    clients pass a server little of their own environment). Every sandbox a client
     started stops when it disconnects. Needs pip install 'shuru\\[mcp]'.
     """
     import importlib.util
@@ -412,6 +414,11 @@ def mcp(secret: List[str] = typer.Option(
     from .integrations.mcp import main as serve
 
     offered = network_flags(None, [], secret).get("secrets", {})
+    # Found out now, by whoever set the server up, rather than by a model at its first start.
+    unset = [f"--secret {name}: the host variable {s['from']} is not set"
+             for name, s in offered.items() if s["from"] not in os.environ]
+    if unset:
+        raise ConfigError(unset)
     serve(offered)
 
 

@@ -85,3 +85,17 @@ async def test_errors_come_back_as_tool_errors_and_the_server_goes_on():
         assert not r.is_error
         assert r.structured_content == {"sandboxes": [],
                                         "offered_secrets": {"OPENAI_API_KEY": ["api.openai.com"]}}
+
+
+def test_the_cli_refuses_an_offered_secret_whose_variable_is_unset(monkeypatch):
+    from typer.testing import CliRunner
+
+    from shuru.cli import app
+
+    monkeypatch.delenv("SHURU_TEST_UNSET_KEY", raising=False)
+    result = CliRunner().invoke(app, ["mcp", "--secret",
+                                      "KEY=SHURU_TEST_UNSET_KEY@api.example.com"])
+    assert result.exit_code == 2
+    assert "--secret KEY: the host variable SHURU_TEST_UNSET_KEY is not set" in result.output
+    result = CliRunner().invoke(app, ["mcp", "--secret", "KEY=no-at-sign"])
+    assert result.exit_code == 2 and "--secret" in result.output

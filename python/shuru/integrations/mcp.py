@@ -20,6 +20,7 @@ prompt-injected model cannot aim a key at a host of its choosing.
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import os
 import signal as _signal
@@ -212,9 +213,9 @@ class Session:
 
     async def close(self) -> None:
         self._closed = True
-        results = await asyncio.gather(*(self.stop(i) for i in list(self.sandboxes)),
-                                       return_exceptions=True)
-        del results  # best effort: a sandbox that fails to stop cleanly dies with us anyway
+        # Best effort: a sandbox that fails to stop cleanly still dies with this process.
+        await asyncio.gather(*(self.stop(i) for i in list(self.sandboxes)),
+                             return_exceptions=True)
 
 
 # ---- the server ------------------------------------------------------------------------
@@ -262,8 +263,10 @@ def build_server(session: Session):
         from_checkpoint: Annotated[str | None, Field(
             description="Start from this checkpoint (made with checkpoint_sandbox) instead "
                         "of the clean image")] = None,
-        cpus: Annotated[int | None, Field(ge=1, le=64, description="Virtual CPUs (default 2)")] = None,
-        memory_mb: Annotated[int | None, Field(ge=128, description="RAM in MiB (default 2048)")] = None,
+        cpus: Annotated[int | None, Field(
+            ge=1, le=64, description="Virtual CPUs (default 2)")] = None,
+        memory_mb: Annotated[int | None, Field(
+            ge=128, description="RAM in MiB (default 2048)")] = None,
         allow_hosts: Annotated[list[str] | None, Field(
             description="Hosts the sandbox may connect to, e.g. ['pypi.org', "
                         "'*.githubusercontent.com']; without any, the sandbox is offline")] = None,
@@ -381,7 +384,8 @@ def build_server(session: Session):
         process_id: ProcessId,
         data: Annotated[str, Field(description="Text to write (include a trailing newline "
                                                "for line-oriented programs)")],
-        close: Annotated[bool, Field(description="Close stdin after writing (end of input)")] = False,
+        close: Annotated[bool, Field(
+            description="Close stdin after writing (end of input)")] = False,
     ) -> dict[str, Any]:
         """Write text to the stdin of a process started with start_process; close=true
         ends its input (as Ctrl-D would)."""
@@ -413,10 +417,11 @@ def build_server(session: Session):
         """Read a file from a sandbox (at most 1 MiB; a note says when it was cut)."""
         files = session.entry(sandbox_id).sandbox.files
         data = bytearray()
-        async for chunk in files.iter_read(path):
-            data.extend(chunk)
-            if len(data) > FILE_READ_LIMIT:
-                break
+        async with contextlib.aclosing(files.iter_read(path)) as chunks:
+            async for chunk in chunks:  # leaving early closes the guest's read at once
+                data.extend(chunk)
+                if len(data) > FILE_READ_LIMIT:
+                    break
         result: dict[str, Any] = {"path": path}
         if len(data) > FILE_READ_LIMIT:
             del data[FILE_READ_LIMIT:]
@@ -442,7 +447,8 @@ def build_server(session: Session):
         file if it exists."""
         files = session.entry(sandbox_id).sandbox.files
         try:
-            data = base64.b64decode(content, validate=True) if encoding == "base64" else content.encode()
+            data = (base64.b64decode(content, validate=True) if encoding == "base64"
+                    else content.encode())
         except ValueError:
             raise ToolError("content is not valid base64") from None
         size = await files.write(path, data, mode=int(mode, 8) if mode else None)
@@ -455,12 +461,13 @@ def build_server(session: Session):
         files = session.entry(sandbox_id).sandbox.files
         entries = []
         result: dict[str, Any] = {"path": path}
-        async for info in files.iter_list(path):
-            if len(entries) == LIST_LIMIT:
-                result["notes"] = [f"only the first {LIST_LIMIT} entries are shown"]
-                break
-            entries.append({"name": info.name, "type": info.type, "size": info.size,
-                            "mode": oct(info.mode & 0o7777)})
+        async with contextlib.aclosing(files.iter_list(path)) as listing:
+            async for info in listing:
+                if len(entries) == LIST_LIMIT:
+                    result["notes"] = [f"only the first {LIST_LIMIT} entries are shown"]
+                    break
+                entries.append({"name": info.name, "type": info.type, "size": info.size,
+                                "mode": oct(info.mode & 0o7777)})
         result["entries"] = entries
         return result
 
