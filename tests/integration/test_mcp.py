@@ -128,6 +128,13 @@ async def test_a_session_runs_commands_files_processes_and_stops_its_vms_on_disc
         _, out = await read_until(client, sleeper, lambda _, out: not out["running"])
         assert out["exit_code"] == 128 + signal.SIGTERM
 
+        # Output past one read's bound waits for the next read: none of it is lost.
+        counter = (await call(client, "start_process", sandbox_id=sid,
+                              command="seq 1 30000"))["process_id"]
+        text, out = await read_until(
+            client, counter, lambda text, out: not out["running"] and "notes" not in out)
+        assert text == "".join(f"{i}\n" for i in range(1, 30001))  # 168,894 bytes
+
         # Errors are tool errors carrying shuru's message; the server goes on serving.
         missing = await client.call_tool("read_file", {"sandbox_id": sid, "path": "/nope"})
         assert missing.is_error and "/nope: No such file or directory" in missing.content[0].text

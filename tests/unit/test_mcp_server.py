@@ -8,8 +8,8 @@ import pytest
 from mcp import Client
 
 from shuru import ConfigError
-from shuru.integrations.mcp import (OUTPUT_LIMIT, Session, build_server, clip, signal_number,
-                                    start_options)
+from shuru.integrations.mcp import (OUTPUT_LIMIT, Session, build_server, clip, head,
+                                    signal_number, start_options)
 
 OFFERED = {"OPENAI_API_KEY": {"from": "OPENAI_API_KEY", "hosts": ["api.openai.com"]}}
 
@@ -23,6 +23,19 @@ def test_clip_keeps_short_output_and_cuts_long_output_in_the_middle():
     assert text.startswith("H" * (OUTPUT_LIMIT // 2) + "\n[... ")
     assert text.endswith(f"{cut} bytes cut ...]\n" + "T" * (OUTPUT_LIMIT // 2))
     assert clip(b"\xff\xfeok")[0] == "\ufffd\ufffdok"  # bytes that are not UTF-8 still show
+
+
+def test_process_output_is_read_in_pieces_that_end_on_a_character():
+    assert head(b"abc", 5) == b"abc"
+    assert head(b"abcdef", 4) == b"abcd"
+    text = "ab\u00e9\u20ac\U0001f600z".encode()  # 1-, 2-, 3- and 4-byte characters
+    pieces, rest = [], text
+    while rest:
+        pieces.append(head(rest, 4))
+        rest = rest[len(pieces[-1]):]
+    assert b"".join(pieces) == text
+    assert [p.decode() for p in pieces] == ["ab\u00e9", "\u20ac", "\U0001f600", "z"]
+    assert head(b"\x80\x80\x80\x80\x80\x80", 4) == b"\x80" * 4  # not UTF-8: cut as asked
 
 
 def test_signal_names_and_numbers():

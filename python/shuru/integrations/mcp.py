@@ -57,6 +57,19 @@ def clip(data: bytes, limit: int = OUTPUT_LIMIT) -> tuple[str, int]:
     return f"{head}\n[... {cut} bytes cut ...]\n{tail}", cut
 
 
+def head(data: bytes | bytearray, limit: int) -> bytes:
+    """The first `limit` bytes at most, not ending inside a UTF-8 character (unless the data
+    is not UTF-8 there), so each read decodes cleanly on its own."""
+    if len(data) <= limit:
+        return bytes(data)
+    end = limit
+    # Back up over continuation bytes (10xxxxxx) to the start of the character that straddles
+    # the cut; at most 3 of them in valid UTF-8.
+    while end > limit - 3 and end > 0 and data[end] & 0xC0 == 0x80:
+        end -= 1
+    return bytes(data[:end if end > 0 and data[end] & 0xC0 == 0xC0 else limit])
+
+
 def output_fields(stdout: bytes, stderr: bytes, notes: list[str]) -> dict:
     out: dict[str, Any] = {}
     for name, data in (("stdout", stdout), ("stderr", stderr)):
@@ -145,13 +158,21 @@ class ProcessOutput:
     def running(self) -> bool:
         return not self.pump.done()
 
-    def take(self) -> tuple[bytes, bytes]:
-        out, err = bytes(self.stdout), bytes(self.stderr)
-        self.stdout.clear()
-        self.stderr.clear()
-        self.changed.clear()
+    def take(self, limit: int = OUTPUT_LIMIT) -> tuple[bytes, bytes]:
+        """Up to `limit` bytes of each stream, cut on a UTF-8 character boundary; the rest
+        stays for the next read."""
+        out = head(self.stdout, limit)
+        err = head(self.stderr, limit)
+        del self.stdout[:len(out)]
+        del self.stderr[:len(err)]
+        if not (self.stdout or self.stderr):
+            self.changed.clear()
         self.drained.set()
         return out, err
+
+    @property
+    def pending(self) -> int:
+        return len(self.stdout) + len(self.stderr)
 
 
 @dataclass
@@ -361,8 +382,9 @@ def build_server(session: Session):
             ge=0, le=MAX_WAIT, description="If there is no new output yet, wait up to this "
                                            "long for some (or for the process to exit)")] = 0,
     ) -> dict[str, Any]:
-        """Return the process's output since the last read (stdout and stderr), whether it is
-        still running, and its exit code once it has exited."""
+        """Return the process's output since the last read (stdout and stderr, up to 32 KiB
+        each; a note says when more is waiting), whether it is still running, and its exit
+        code once it has exited."""
         out = session.process(process_id)
         if wait_seconds and out.running and not (out.stdout or out.stderr):
             try:
@@ -370,13 +392,13 @@ def build_server(session: Session):
             except asyncio.TimeoutError:
                 pass
         stdout, stderr = out.take()
-        notes: list[str] = []
         result = {"running": out.running, "exit_code": out.process.exit_code,
-                  **output_fields(stdout, stderr, notes)}
+                  "stdout": stdout.decode("utf-8", "replace"),
+                  "stderr": stderr.decode("utf-8", "replace")}
         if out.error:
             result["error"] = out.error
-        if notes:
-            result["notes"] = notes
+        if out.pending:
+            result["notes"] = [f"{out.pending} more bytes of output are waiting: read again"]
         return result
 
     @tool
