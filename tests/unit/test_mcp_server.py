@@ -112,3 +112,12 @@ def test_the_cli_refuses_an_offered_secret_whose_variable_is_unset(monkeypatch):
     assert "--secret KEY: the host variable SHURU_TEST_UNSET_KEY is not set" in result.output
     result = CliRunner().invoke(app, ["mcp", "--secret", "KEY=no-at-sign"])
     assert result.exit_code == 2 and "--secret" in result.output
+
+
+def test_the_mcp_package_is_imported_only_when_a_server_is_built():
+    import subprocess
+    import sys
+
+    code = ("import sys, shuru.cli, shuru.integrations.mcp; "
+            "assert 'mcp' not in sys.modules, 'imported mcp'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -27,9 +27,7 @@ import signal as _signal
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-from ..errors import ConfigError, ShuruError
-from ..process import ExecResult, Process
-from ..sandbox import AsyncSandbox
+from .. import AsyncSandbox, ConfigError, ExecResult, Process, ShuruError  # the public SDK
 
 OUTPUT_LIMIT = 32 * 1024  # bytes of each of stdout and stderr a tool result carries
 EXEC_CAPTURE_LIMIT = 8 * 1024 * 1024  # what exec keeps on the host before killing the command
