@@ -50,9 +50,9 @@ def clip(data: bytes, limit: int = OUTPUT_LIMIT) -> tuple[str, int]:
         return data.decode("utf-8", "replace"), 0
     half = limit // 2
     cut = len(data) - 2 * half
-    head = data[:half].decode("utf-8", "replace")
-    tail = data[-half:].decode("utf-8", "replace")
-    return f"{head}\n[... {cut} bytes cut ...]\n{tail}", cut
+    first = data[:half].decode("utf-8", "replace")
+    last = data[-half:].decode("utf-8", "replace")
+    return f"{first}\n[... {cut} bytes cut ...]\n{last}", cut
 
 
 def head(data: bytes | bytearray, limit: int) -> bytes:
