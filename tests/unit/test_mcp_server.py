@@ -121,3 +121,18 @@ def test_the_mcp_package_is_imported_only_when_a_server_is_built():
     code = ("import sys, shuru.cli, shuru.integrations.mcp; "
             "assert 'mcp' not in sys.modules, 'imported mcp'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_without_the_extra_the_cli_says_what_to_install(monkeypatch):
+    import importlib.util
+
+    from typer.testing import CliRunner
+
+    from shuru.cli import app
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "mcp" else find_spec(name, *a))
+    result = CliRunner().invoke(app, ["mcp"])
+    assert result.exit_code == 125
+    assert "pip install 'shuru[mcp]'" in result.output
