@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -384,6 +385,41 @@ def upgrade(check: bool = typer.Option(False, "--check", help="Only report wheth
     from .upgrade import upgrade as do_upgrade
 
     raise typer.Exit(do_upgrade(check_only=check))
+
+
+@app.command()
+@handle_errors
+def mcp(secret: List[str] = typer.Option(
+        [], "--secret", help="Offer a secret to sandboxes: NAME=HOST_ENV_VAR@host1,host2")):
+    """Serve sandboxes to an MCP client (Claude Desktop, Cursor, ...) over stdio.
+
+    Register it in the client's MCP configuration
+    (claude_desktop_config.json, .cursor/mcp.json, ...):
+
+        {"mcpServers": {"shuru": {"command": "shuru", "args": ["mcp"]}}}
+
+    or with Claude Code:  claude mcp add shuru -- shuru mcp
+
+    Give the full path of shuru if the client does not see your PATH.
+    --secret KEY=KEY@api.example.com (repeatable, in "args" after "mcp")
+    lets a model name KEY when it starts a sandbox: it never sees the
+    value, which goes only to those hosts (put KEY in the entry's "env":
+    clients pass a server little of their own environment). Every sandbox a client
+    started stops when it disconnects. Needs pip install 'shuru\\[mcp]'.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("mcp") is None:  # the optional extra is not installed
+        raise fail("shuru mcp needs the mcp package: pip install 'shuru[mcp]'")
+    from .integrations.mcp import main as serve
+
+    offered = network_flags(None, [], secret).get("secrets", {})
+    # Found out now, by whoever set the server up, rather than by a model at its first start.
+    unset = [f"--secret {name}: the host variable {s['from']} is not set"
+             for name, s in offered.items() if s["from"] not in os.environ]
+    if unset:
+        raise ConfigError(unset)
+    serve(offered)
 
 
 @app.command()

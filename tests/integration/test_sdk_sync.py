@@ -78,3 +78,12 @@ def test_agent_loop_example():
     assert transcript[0].startswith("wrote")
     assert transcript[1] == "exit=0\n55\n"
     assert "fib.py" in transcript[2]
+
+
+async def test_fanout_example():
+    diffs = await runpy.run_path(str(EXAMPLES / "fanout.py"))["main"]()
+    assert list(diffs) == ["fix-typo", "add-sub", "drop-readme"]
+    assert "+calc: a tiny calculator" in diffs["fix-typo"] and "VERSION" not in diffs["fix-typo"]
+    assert "+1.4.3" in diffs["add-sub"] and "+def sub(a, b):" in diffs["add-sub"]  # the tool ran
+    assert "README" not in diffs["add-sub"]
+    assert "+calc: add numbers" in diffs["drop-readme"] and "calc.py" not in diffs["drop-readme"]
