@@ -74,13 +74,13 @@ async def _connect(name: str, request: dict):
     return reader, writer, reply
 
 
-async def request(name: str, op: str, **args):
+async def request(name: str, op: str, /, **args):
     reader, writer, reply = await _connect(name, {"op": op, **args})
     writer.close()
     return raise_reply(reply, name)
 
 
-def request_blocking(name: str, op: str, **args):
+def request_blocking(name: str, op: str, /, **args):
     """`request` for the few sync methods (`network_log`, `console_tail`)."""
     path = registry.slot(name).sock
     try:

@@ -306,6 +306,9 @@ class AsyncSandbox:
             self.state = State.STOPPING
             try:
                 saved = await self._request("checkpoint", name=name, overwrite=overwrite)
+                from . import registry
+
+                await asyncio.to_thread(registry.slot(self.name).wait_gone, 60)
             finally:
                 await self._channel.close()
                 self.state = State.STOPPED

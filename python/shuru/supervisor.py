@@ -244,6 +244,7 @@ class Supervisor:
         self.idle_timeout: float | None = spec.get("idle_timeout")
         self.last_activity = time.monotonic()
         self.relays: set[Relay] = set()
+        self.requests: set[asyncio.Task] = set()  # requests being answered (not attaches)
         self.done = asyncio.Event()
         self.reason = ""
         self.id = os.urandom(6).hex()
@@ -334,6 +335,9 @@ class Supervisor:
             if op == "attach":
                 await self._attach(reader, writer)
                 return
+            # The sandbox is not torn down under a request in flight (a checkpoint stops
+            # the VM itself, which ends the supervisor, and still owes its answer).
+            self.requests.add(asyncio.current_task())
             try:
                 value = await self.handle(op, request)
                 reply = {"ok": True, "value": value}
@@ -343,6 +347,7 @@ class Supervisor:
         except (ConnectionError, OSError, asyncio.TimeoutError, ValueError):
             pass
         finally:
+            self.requests.discard(asyncio.current_task())
             with contextlib.suppress(Exception):
                 writer.close()
 
@@ -449,6 +454,8 @@ async def serve(spec: dict, ready_fd: int) -> int:
         server.close()
         for relay in list(sup.relays):
             relay.drop()
+        if sup.requests:
+            await asyncio.wait(set(sup.requests), timeout=120)
         return 0
     except BaseException as e:
         report(error_reply(e))
