@@ -150,7 +150,7 @@ class Relay:
         self._gone = False
 
     def to_client(self, msg: dict) -> None:
-        if self._gone:
+        if self._gone or self.writer.is_closing():
             return
         self.writer.write(wire.encode(msg))
         if self.writer.transport.get_write_buffer_size() > MAX_CLIENT_BACKLOG:
@@ -435,6 +435,20 @@ async def serve(spec: dict, ready_fd: int) -> int:
     claim = None
     sandbox = None
     server = None
+
+    async def clean_up() -> None:
+        nonlocal claim, sandbox, server
+        if server is not None:
+            server.close()
+            server = None
+        if sandbox is not None:
+            with contextlib.suppress(Exception):
+                await sandbox.stop()
+            sandbox = None
+        if claim is not None:
+            claim.release()
+            claim = None
+
     try:
         claim = registry.claim(spec["name"])
         sandbox = AsyncSandbox(config_from_json(spec["config"]))
@@ -458,19 +472,15 @@ async def serve(spec: dict, ready_fd: int) -> int:
             await asyncio.wait(set(sup.requests), timeout=120)
         return 0
     except BaseException as e:
+        traceback.print_exc()
+        # Clean up first: once the creator hears of the failure, the name must be free.
+        await clean_up()
         report(error_reply(e))
         if not isinstance(e, Exception):
             raise
-        traceback.print_exc()
         return 1
     finally:
-        if server is not None:
-            server.close()
-        if sandbox is not None:
-            with contextlib.suppress(Exception):
-                await sandbox.stop()
-        if claim is not None:
-            claim.release()
+        await clean_up()
 
 
 def main(argv: list[str]) -> int:

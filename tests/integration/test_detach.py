@@ -90,6 +90,13 @@ def test_attach_from_the_cli_and_a_second_process(creator):
     assert _record("web")["state"] == "running"
 
 
+def test_a_name_in_use_is_refused(creator):
+    with pytest.raises(ShuruError, match="'web' is already running"):
+        asyncio.run(AsyncSandbox.start(name="web", detach=True, **SIZE))
+    r = shuru("run", "--name", "web", "--", "true")
+    assert r.returncode == 2 and b"--name is for detached sandboxes: add --detach" in r.stderr
+
+
 def test_several_clients_at_once(creator):
     async def go():
         a = await AsyncSandbox.attach("web")
@@ -247,3 +254,22 @@ def test_prune_after_a_killed_supervisor(rundir):
     assert _record("doomed") is None
     assert not registry.slot("doomed").sock.exists()
     assert not any(rundir.glob("sb-*"))  # and the QEMU's run directory went too
+
+
+def test_run_detach_with_a_command_then_checkpoint_it(rundir):
+    r = shuru("run", "--detach", "--name", "bg", "--cpus", "1", "--memory", "512", "--",
+              "sh", "-c", "echo from-bg > /root/bg; exec sleep 1000")
+    assert (r.returncode, r.stdout) == (0, b"bg\n"), r.stderr
+    # The command runs in the background: wait for its file in the guest.
+    r = shuru("exec", "bg", "--", "sh", "-c", "while [ ! -s /root/bg ]; do sleep 0.1; done; "
+              "cat /root/bg; pgrep -x sleep >/dev/null && echo sleeping")
+    assert r.stdout == b"from-bg\nsleeping\n", r.stderr
+    from shuru import checkpoints
+
+    with Sandbox.attach("bg") as sb:
+        cp = sb.checkpoint("detached-bg", overwrite=True)
+    try:
+        assert cp.name == "detached-bg" and checkpoints.load("detached-bg").disk.exists()
+        assert _record("bg") is None  # a checkpoint stops the sandbox, as it does any
+    finally:
+        checkpoints.delete("detached-bg")

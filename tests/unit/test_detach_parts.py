@@ -146,3 +146,18 @@ def test_network_bytes_from_the_audit_log():
 def test_our_own_process_usage_is_readable():
     usage = metrics.process_usage(os.getpid())
     assert usage["rss"] > 0 and usage["pss"] > 0 and usage["cpu_seconds"] >= 0
+
+
+def test_a_start_that_fails_in_the_supervisor_raises_its_error_here(root, tmp_path):
+    """The supervisor's start-up error comes back as the same ShuruError, and it leaves
+    nothing behind in the registry."""
+    from shuru import BootError
+
+    missing = tmp_path / "no-kernel"
+    rootfs = tmp_path / "rootfs.img"
+    rootfs.write_bytes(b"")
+    with pytest.raises(BootError, match="no-kernel: no such file"):
+        asyncio.run(AsyncSandbox.start(detach=True, name="broken", kernel=str(missing),
+                                       rootfs=str(rootfs)))
+    assert registry.list_records() == []
+    assert list((root / "named").iterdir()) == []
