@@ -196,6 +196,27 @@ def test_a_second_uid_is_refused(creator, rundir, tmp_path):
     assert _record("web")["state"] == "running"
 
 
+def test_shell_is_an_interactive_terminal(creator, rundir):
+    import shlex
+
+    from .conftest import SHURU
+    from .test_interactive import Tmux
+
+    env = " ".join(f"{k}={shlex.quote(os.environ[k])}"
+                   for k in ("SHURU_RUNTIME_DIR", "SHURU_HOME") if k in os.environ)
+    term = Tmux(f"env {env} {SHURU} shell web; echo shell-exited-$?; sleep 600")
+    try:
+        term.wait_for_prompt()
+        term.send("tty; echo $((6 * 7))", "Enter")
+        screen = term.wait_for("42")
+        assert "/dev/pts/" in screen
+        term.send("exit 3", "Enter")
+        term.wait_for("shell-exited-3")
+    finally:
+        term.kill()
+    assert _record("web")["state"] == "running"  # leaving the shell leaves the sandbox
+
+
 def test_sigkill_of_the_creator_leaves_the_detached_sandbox_running(creator):
     plain_qemu = _children_named(creator.pid, "qemu-system")
     assert len(plain_qemu) == 1  # the plain sandbox's VM is the creator's child
