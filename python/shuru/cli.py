@@ -471,7 +471,7 @@ def ps(as_json: bool = typer.Option(False, "--json", help="Print JSON"),
     from rich.console import Console
     from rich.table import Table
 
-    columns = ["name", "state", "uptime", "from", "cpus", "memory", "ports", "pid"]
+    columns = ["name", "id", "state", "uptime", "from", "cpus", "memory", "ports", "owner pid"]
     if stats:
         columns += ["cpu s", "rss", "pss", "guest used", "disk", "net up/down"]
     table = Table(*columns)
@@ -479,9 +479,9 @@ def ps(as_json: bool = typer.Option(False, "--json", help="Print JSON"),
     for r in rows:
         started = r.get("started")
         up = f"{time.time() - started:.0f} s" if isinstance(started, (int, float)) else "-"
-        cells = [r["name"], r.get("state", "?"), up, r.get("from") or "-", str(r.get("cpus", "-")),
-                 f"{r['memory']} MiB" if r.get("memory") else "-", ", ".join(r.get("ports") or []),
-                 str(r.get("supervisor_pid") or "-")]
+        cells = [r["name"], r.get("id", "-"), r.get("state", "?"), up, r.get("from") or "-",
+                 str(r.get("cpus", "-")), f"{r['memory']} MiB" if r.get("memory") else "-",
+                 ", ".join(r.get("ports") or []), str(r.get("owner_pid") or "-")]
         if stats:
             st = r.get("stats") or {}
             mem, guest, net = st.get("memory") or {}, st.get("guest_memory") or {}, st.get("network") or {}

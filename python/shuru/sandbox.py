@@ -305,9 +305,9 @@ class AsyncSandbox:
             self._require(State.RUNNING)
             self.state = State.STOPPING
             try:
-                saved = await self._request("checkpoint", name=name, overwrite=overwrite)
                 from . import registry
 
+                saved = await self._request("checkpoint", name=name, overwrite=overwrite)
                 await asyncio.to_thread(registry.slot(self.name).wait_gone, 60)
             finally:
                 await self._channel.close()
@@ -358,9 +358,8 @@ class AsyncSandbox:
         self.state = State.STOPPING
         try:
             if self._remote is not None:
-                from .errors import SandboxNotFoundError
-
                 from . import registry
+                from .errors import SandboxNotFoundError
 
                 try:
                     await self._request("stop")
