@@ -142,13 +142,25 @@ async def spawn(spec: dict) -> dict:
     finally:
         os.close(w)
         os.close(log_fd)
+    pipe = os.fdopen(r, "rb", buffering=0)
+    transport = None
     try:
         proc.stdin.write(json.dumps(spec).encode())
         proc.stdin.close()
         await asyncio.to_thread(proc.wait)  # the first fork returns at once
-        line = await asyncio.wait_for(asyncio.to_thread(_read_line, r), START_TIMEOUT)
+        reader = asyncio.StreamReader()
+        transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), pipe)
+        try:
+            line = await asyncio.wait_for(reader.readline(), START_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise errors.BootError(f"the supervisor of {name!r} did not report within "
+                                   f"{START_TIMEOUT:.0f} s", hint=f"see {s.log}") from None
     finally:
-        os.close(r)
+        if transport is not None:
+            transport.close()
+        else:
+            pipe.close()
     if not line:
         try:
             tail = s.log.read_text(errors="replace").strip()[-2000:]
@@ -161,13 +173,3 @@ async def spawn(spec: dict) -> dict:
     except ValueError:
         raise errors.ProtocolError(f"bad start-up line from the supervisor: {line[:200]!r}") from None
     return raise_reply(reply, name)
-
-
-def _read_line(fd: int) -> bytes:
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            break
-        data += chunk
-    return data
