@@ -222,6 +222,9 @@ def run(
         flags["ports"] = ports.parse_flags(port)
     config_file = cfg.find_config_file(config, Path.cwd())
     if detach or name is not None or lifetime is not None or idle_timeout is not None:
+        if verbose or console:
+            raise ConfigError([f"{'--verbose' if verbose else '--console'} shows what happens "
+                               "while shuru runs: not with --detach (see `shuru ps --stats`)"])
         flags.pop("command", None)
         code = asyncio.run(run_detached(resolve_config(flags, config_file), detach, name,
                                         lifetime, idle_timeout, list(command or ())))

@@ -294,3 +294,33 @@ def test_run_detach_with_a_command_then_checkpoint_it(rundir):
         assert _record("bg") is None  # a checkpoint stops the sandbox, as it does any
     finally:
         checkpoints.delete("detached-bg")
+
+
+def test_a_plain_sandbox_pauses_reports_metrics_and_takes_a_new_lifetime(rundir):
+    async def go():
+        sb = await AsyncSandbox.start(**SIZE)
+        try:
+            proc = await sb.spawn(["sh", "-c", "read line; echo got $line"])
+            await sb.pause()
+            with pytest.raises(SandboxStateError, match="paused"):
+                await sb.exec("true")
+            paused = await sb.metrics()
+            assert paused["state"] == "paused" and paused["guest_memory"] is None
+            await sb.resume()
+            await proc.write("it\n")
+            assert [c.text async for c in proc] == ["got it\n"]
+            m = await sb.metrics()
+            assert m["guest_memory"]["used"] > 0 and m["cpu_seconds"] > 0
+            with pytest.raises(ShuruError, match="idle_timeout is for detached"):
+                await sb.set_timeout(idle_timeout=5)
+            await sb.set_timeout(1)
+            await asyncio.wait_for(asyncio.shield(sb._machine.exited), 60)
+        finally:
+            await sb.stop()
+
+    asyncio.run(go())
+
+
+def test_detach_refuses_flags_that_need_the_terminal(rundir):
+    r = shuru("run", "--detach", "--verbose", "--", "true")
+    assert r.returncode == 2 and b"--verbose shows what happens" in r.stderr
