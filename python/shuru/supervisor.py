@@ -152,7 +152,12 @@ class Relay:
     def to_client(self, msg: dict) -> None:
         if self._gone or self.writer.is_closing():
             return
-        self.writer.write(wire.encode(msg))
+        try:
+            frame = wire.encode(msg)
+        except wire.WireError:  # a guest frame at the size limit, grown by its new id
+            self.drop()
+            return
+        self.writer.write(frame)
         if self.writer.transport.get_write_buffer_size() > MAX_CLIENT_BACKLOG:
             self.drop()
 
