@@ -57,10 +57,17 @@ async def _connect(name: str, request: dict):
     path = registry.slot(name).sock
     try:
         reader, writer = await asyncio.open_unix_connection(str(path), limit=1 << 20)
+    except OSError as e:
+        raise _translate(name, e) from None
+    try:
         writer.write(json.dumps(request).encode() + b"\n")
         await writer.drain()
+    except OSError:
+        pass  # refused before it read us: its answer says why
+    try:
         line = await reader.readline()
     except OSError as e:
+        writer.close()
         raise _translate(name, e) from None
     if not line:
         writer.close()

@@ -325,11 +325,13 @@ class Supervisor:
 
     async def on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         try:
+            # The request is read before the peer is refused, so that the refusal is what
+            # the peer reads, not a broken pipe under its request.
+            line = await asyncio.wait_for(reader.readline(), 30)
             problem = refusal(peer_uid(writer.get_extra_info("socket")), os.getuid())
             if problem:
                 await self._answer(writer, {"ok": False, "kind": "AccessError", "error": problem})
                 return
-            line = await asyncio.wait_for(reader.readline(), 30)
             try:
                 request = json.loads(line)
                 op = request["op"]

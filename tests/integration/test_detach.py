@@ -76,6 +76,8 @@ def _record(name: str) -> dict | None:
 def test_attach_from_the_cli_and_a_second_process(creator):
     record = _record("web")
     assert record["state"] == "running" and record["owner_pid"] == creator.pid
+    assert [r["name"] for r in asyncio.run(AsyncSandbox.list())] == ["web"]
+    assert Sandbox.list() == [record]
     assert (record["cpus"], record["memory"]) == (1, 512)
     r = shuru("exec", "web", "--", "sh", "-c", "echo $((6 * 7)) > /tmp/answer; cat /tmp/answer")
     assert (r.returncode, r.stdout) == (0, b"42\n"), r.stderr
@@ -173,12 +175,17 @@ def test_a_second_uid_is_refused(creator, rundir, tmp_path):
                     out["attach"] = "allowed"
                 except ShuruError as e:
                     out["attach"] = type(e).__name__ + ": " + str(e)
-                with socket.socket(socket.AF_UNIX) as s:
-                    s.settimeout(30)
-                    s.connect(str(link))
-                    s.sendall(b'{"op": "info"}\n')
-                    out["direct"] = json.loads(s.makefile().readline())
+                try:
+                    with socket.socket(socket.AF_UNIX) as s:
+                        s.settimeout(30)
+                        s.connect(str(link))
+                        s.sendall(b'{"op": "info"}\n')
+                        out["direct"] = json.loads(s.makefile().readline())
+                except Exception as e:
+                    out["direct"] = repr(e)
                 os.write(write, json.dumps(out).encode())
+            except BaseException as e:
+                os.write(write, json.dumps({"child": repr(e)}).encode())
             finally:
                 os._exit(0)
         os.close(write)
