@@ -10,11 +10,12 @@
 
 from importlib.metadata import PackageNotFoundError, version as _version
 
-from .errors import (BootError, CheckpointError, ConfigError, ExecError, ExecOutputLimitError,
+from .errors import (AccessError, BootError, CheckpointError, ConfigError, ExecError, ExecOutputLimitError,
                      ExecTimeoutError, GuestFileError, GuestFileExistsError,
                      GuestFileNotFoundError, GuestIsADirectoryError, GuestNotADirectoryError,
                      GuestPermissionError, HostError, HTTPError, ImageError, PortError,
-                     ProtocolError, QMPError, Refused, SandboxDiedError, SandboxStateError,
+                     ProtocolError, QMPError, Refused, SandboxDiedError, SandboxNotFoundError,
+                     SandboxStateError,
                      ShuruError, ShuruWarning, StaleStateError, UpstreamError)
 from .process import ExecResult, OutputChunk, Process
 from .sandbox import AsyncSandbox, State
@@ -27,10 +28,10 @@ except PackageNotFoundError:  # running from a source tree without an install
 
 __all__ = [
     "AsyncSandbox", "Sandbox", "SyncProcess", "State", "ExecResult", "OutputChunk", "Process",
-    "ShuruError", "ShuruWarning", "BootError", "CheckpointError", "ConfigError", "ExecError",
+    "ShuruError", "ShuruWarning", "AccessError", "BootError", "CheckpointError", "ConfigError", "ExecError",
     "ExecOutputLimitError", "ExecTimeoutError", "GuestFileError", "GuestFileExistsError",
     "GuestFileNotFoundError", "GuestIsADirectoryError", "GuestNotADirectoryError",
     "GuestPermissionError", "HostError", "HTTPError", "ImageError", "PortError", "ProtocolError",
-    "QMPError", "Refused", "SandboxDiedError", "SandboxStateError", "StaleStateError",
+    "QMPError", "Refused", "SandboxDiedError", "SandboxNotFoundError", "SandboxStateError", "StaleStateError",
     "UpstreamError", "__version__",
 ]

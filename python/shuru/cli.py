@@ -195,6 +195,16 @@ def run(
         [], "-p", "--port", help="HOST:GUEST: forward 127.0.0.1:HOST on this machine to port "
                                  "GUEST in the sandbox (no network needed; GUEST alone: a "
                                  "free host port, printed on stderr); repeatable"),
+    detach: bool = typer.Option(False, "--detach", "-d",
+                                help="Leave the sandbox running in the background (see "
+                                     "`shuru ps`, `exec`, `shell`, `stop`); a command given "
+                                     "runs in it in the background"),
+    name: Optional[str] = typer.Option(None, "--name", help="Name a detached sandbox"),
+    lifetime: Optional[float] = typer.Option(None, "--lifetime",
+                                             help="Stop a detached sandbox after this many s"),
+    idle_timeout: Optional[float] = typer.Option(
+        None, "--idle-timeout", help="Stop a detached sandbox after this many s without "
+                                     "exec, file or stream activity"),
 ):
     """Start a fresh sandbox and run a command in it (default: an interactive shell)."""
     from .sandbox import resolve_config
@@ -212,6 +222,14 @@ def run(
 
         flags["ports"] = ports.parse_flags(port)
     config_file = cfg.find_config_file(config, Path.cwd())
+    if detach or name is not None or lifetime is not None or idle_timeout is not None:
+        if verbose or console:
+            raise ConfigError([f"{'--verbose' if verbose else '--console'} shows what happens "
+                               "while shuru runs: not with --detach (see `shuru ps --stats`)"])
+        flags.pop("command", None)
+        code = asyncio.run(run_detached(resolve_config(flags, config_file), detach, name,
+                                        lifetime, idle_timeout, list(command or ())))
+        raise typer.Exit(code)
     resolved = resolve_config(flags, config_file)
     on_exit = print_network_log if verbose else None
     try:
@@ -429,6 +447,186 @@ def version():
     from . import __version__
 
     print(__version__)
+
+
+# ---- detached sandboxes ----------------------------------------------------------------
+
+
+async def run_detached(config, detach: bool, name: str | None, lifetime: float | None,
+                       idle_timeout: float | None, command: list[str]) -> int:
+    """`shuru run --detach`: start the sandbox under a supervisor, start the command (if
+    any) in its own session so that it outlives this connection, print the name."""
+    from .sandbox import AsyncSandbox
+
+    if not detach:
+        which = "--name" if name is not None else (
+            "--lifetime" if lifetime is not None else "--idle-timeout")
+        raise ConfigError([f"{which} is for detached sandboxes: add --detach"])
+    sandbox = await AsyncSandbox._start_detached(
+        config, name, _positive("--lifetime", lifetime), _positive("--idle-timeout", idle_timeout))
+    try:
+        if command:
+            await sandbox.exec(["setsid", "-f", "sh", "-c",
+                                'exec "$@" </dev/null >/tmp/shuru-detached.log 2>&1', "sh",
+                                *command])
+        for fwd in sandbox.ports:
+            print(f"shuru: port {fwd.host}:{fwd.host_port} -> {fwd.guest_port} in the sandbox",
+                  file=sys.stderr, flush=True)
+        print(sandbox.name)
+    except BaseException:
+        await sandbox.stop()
+        raise
+    await sandbox.disconnect()
+    return 0
+
+
+def _positive(flag: str, value: float | None) -> float | None:
+    if value is not None and not value > 0:
+        raise ConfigError([f"{flag} must be a positive number of seconds, got {value:g}"])
+    return value
+
+
+@app.command("ps")
+@handle_errors
+def ps(as_json: bool = typer.Option(False, "--json", help="Print JSON"),
+       stats: bool = typer.Option(False, "--stats", help="Add CPU, memory, disk, network")):
+    """List your detached sandboxes (dead: its supervisor crashed; `shuru prune` cleans up)."""
+    import json
+    import time
+
+    from . import registry, remote
+
+    rows = registry.list_records()
+    if stats:
+        for row in rows:
+            if row.get("state") in ("running", "paused"):
+                try:
+                    row["stats"] = asyncio.run(remote.request(row["name"], "metrics"))
+                except ShuruError as e:
+                    row["stats"] = {"error": e.message}
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    columns = ["name", "id", "state", "uptime", "from", "cpus", "memory", "ports", "owner pid"]
+    if stats:
+        columns += ["cpu s", "rss", "pss", "guest used", "disk", "net up/down"]
+    table = Table(*columns)
+    mib = lambda n: f"{n / 1048576:.0f} MiB" if isinstance(n, (int, float)) else "-"
+    for r in rows:
+        started = r.get("started")
+        up = f"{time.time() - started:.0f} s" if isinstance(started, (int, float)) else "-"
+        cells = [r["name"], r.get("id", "-"), r.get("state", "?"), up, r.get("from") or "-",
+                 str(r.get("cpus", "-")), f"{r['memory']} MiB" if r.get("memory") else "-",
+                 ", ".join(r.get("ports") or []), str(r.get("owner_pid") or "-")]
+        if stats:
+            st = r.get("stats") or {}
+            mem, guest, net = st.get("memory") or {}, st.get("guest_memory") or {}, st.get("network") or {}
+            cpu = st.get("cpu_seconds")
+            cells += [f"{cpu:.1f}" if isinstance(cpu, (int, float)) else "-", mib(mem.get("rss")),
+                      mib(mem.get("pss")), mib(guest.get("used")), mib(st.get("disk")),
+                      f"{net.get('up', 0)}/{net.get('down', 0)} B" if net else "-"]
+        table.add_row(*cells)
+    Console().print(table)
+
+
+@app.command("exec", cls=CommandLast)
+@handle_errors
+def exec_(
+    name: str = typer.Argument(..., help="The detached sandbox"),
+    command: List[str] = typer.Argument(..., help="Command to run; put it after --."),
+    env: List[str] = typer.Option([], "-e", "--env", help="KEY=VALUE for the command"),
+    workdir: Optional[str] = typer.Option(None, "--workdir", "-w", help="Working directory"),
+):
+    """Run a command in a detached sandbox; exits with its status."""
+    from . import terminal
+    from .sandbox import AsyncSandbox
+
+    env_pairs = cfg.parse_env_pairs(env) if env else None
+
+    async def go() -> int:
+        sandbox = await AsyncSandbox.attach(name)
+        try:
+            return await terminal.run_piped(sandbox, list(command), env=env_pairs, cwd=workdir)
+        finally:
+            await sandbox.disconnect()
+
+    raise typer.Exit(asyncio.run(go()))
+
+
+@app.command("shell")
+@handle_errors
+def shell(name: str = typer.Argument(..., help="The detached sandbox")):
+    """An interactive shell (a PTY) in a detached sandbox."""
+    import os
+
+    from . import terminal
+    from .sandbox import AsyncSandbox
+
+    async def go() -> int:
+        sandbox = await AsyncSandbox.attach(name)
+        try:
+            argv = list(sandbox.config.command)
+            if os.isatty(0):
+                return await terminal._interactive(sandbox, argv)
+            return await terminal.run_piped(sandbox, argv)
+        finally:
+            await sandbox.disconnect()
+
+    raise typer.Exit(asyncio.run(go()))
+
+
+@app.command("stop")
+@handle_errors
+def stop(names: Optional[List[str]] = typer.Argument(None, help="Detached sandboxes to stop"),
+         all_: bool = typer.Option(False, "--all", help="Stop every detached sandbox of yours")):
+    """Stop detached sandboxes (their disks are discarded)."""
+    from . import registry, remote
+
+    if all_:
+        names = [r["name"] for r in registry.list_records() if r.get("state") != "dead"]
+    elif not names:
+        raise ConfigError(["name the sandboxes to stop, or pass --all"])
+    for n in names:
+        registry.check_name(n)
+
+    async def go() -> None:
+        for n in names:
+            await remote.request(n, "stop")
+            await asyncio.to_thread(registry.slot(n).wait_gone, 60)
+            print(f"stopped {n}")
+
+    asyncio.run(go())
+
+
+@app.command("pause")
+@handle_errors
+def pause(name: str = typer.Argument(..., help="The detached sandbox")):
+    """Stop a detached sandbox's CPUs, keeping its memory (`shuru resume` runs it again)."""
+    from . import remote
+
+    asyncio.run(remote.request(name, "pause"))
+
+
+@app.command("resume")
+@handle_errors
+def resume(name: str = typer.Argument(..., help="The detached sandbox")):
+    """Run a paused detached sandbox again."""
+    from . import remote
+
+    asyncio.run(remote.request(name, "resume"))
+
+
+@app.command("prune")
+@handle_errors
+def prune():
+    """Remove what crashed supervisors left (records, sockets, run directories)."""
+    from . import registry
+
+    for n in registry.prune():
+        print(f"pruned {n}")
 
 
 def main() -> None:

@@ -91,6 +91,19 @@ class SandboxDiedError(ShuruError):
         super().__init__(message)
 
 
+class SandboxNotFoundError(ShuruError):
+    """No detached sandbox of that name is running (`shuru ps` lists those that are)."""
+
+    def __init__(self, message: str, *, name: str = "", hint: str | None = None):
+        self.name = name
+        super().__init__(message, hint=hint)
+
+
+class AccessError(ShuruError):
+    """A detached sandbox belongs to another user: only the user who started it may list,
+    attach to or stop it."""
+
+
 class ProtocolError(ShuruError):
     """The peer sent something the wire protocol does not allow (bad frame, wrong type,
     unknown version). The guest is untrusted, so this is an expected failure mode."""

@@ -6,19 +6,28 @@ the guard every method uses to name the state it needs, resolving options into a
 on top. With allow_net it also holds the sandbox's network session (`guestnet`): the policy
 proxy, created before boot and attached after the handshake. The sync `Sandbox` (in
 `sync.py`) drives this same class on a private loop thread.
+
+A detached sandbox (`start(detach=True)`, `attach(name)`) is this same class with its VM in a
+supervisor process (`shuru.supervisor`): its channel is a relay over the supervisor's socket,
+so exec, spawn, files, watch and `connect` work unchanged, and what the VM's owner must do
+(stop, checkpoint, pause, expose, lifetimes) goes to the supervisor as a request
+(`shuru.remote`). Such an object only holds a connection: closing it (`disconnect`, or the end
+of `async with`) leaves the sandbox running; `stop()` ends it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import enum
 import os
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from . import checkpoints, faststart, snapshots
+from . import checkpoints, faststart, metrics as metrics_mod, snapshots
 from . import config as cfg
 from .backends.base import MachineSpec
 from .backends.select import default_backend
@@ -33,6 +42,7 @@ class State(str, enum.Enum):
     CREATED = "created"
     STARTING = "starting"
     RUNNING = "running"
+    PAUSED = "paused"  # the VM's CPUs are stopped, its memory kept (see `pause`)
     STOPPING = "stopping"
     STOPPED = "stopped"
     FAILED = "failed"
@@ -73,6 +83,14 @@ def start_lifetime(lifetime: object, timeout: object, *, stacklevel: int = 2) ->
     return float(lifetime)
 
 
+def _seconds(label: str, value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise cfg.ConfigError([f"{label} must be a positive number of seconds, got {value!r}"])
+    return float(value)
+
+
 def start_options_check(options: Mapping[str, Any]) -> None:
     """Options that are config-file fields but mean nothing to `start`: refused, so that
     nothing a caller passes is silently ignored."""
@@ -80,6 +98,22 @@ def start_options_check(options: Mapping[str, Any]) -> None:
         raise cfg.ConfigError([
             "command: start() runs no command (command is the config-file field for what "
             "`shuru run` runs); run it with exec() or spawn() once the sandbox is up"])
+
+
+class _ClassOrInstance:
+    """A method with two meanings, as the issues spell them: on a sandbox,
+    `sb.connect(guest_port)` connects to a port in it; on the class,
+    `AsyncSandbox.connect(name)` is `AsyncSandbox.attach(name)` (a detached sandbox)."""
+
+    def __init__(self, method: Callable):
+        self._method = method
+        self.__doc__ = method.__doc__
+        self.__name__ = method.__name__
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return owner.attach
+        return self._method.__get__(obj, owner)
 
 
 class AsyncSandbox:
@@ -100,6 +134,9 @@ class AsyncSandbox:
         self._disk_size = self.config.disk_size
         self._net = None  # guestnet.NetworkSession with allow_net
         self._ports = None  # ports.PortForwards: listeners bound before boot
+        self._name: str | None = None  # a detached sandbox's name
+        self._remote: dict | None = None  # a detached sandbox's info from its supervisor
+        self._started = 0.0
         self.files = Files(self._live_channel, lambda: self.config.workdir)
 
     # ---- lifecycle ---------------------------------------------------------------------
@@ -108,7 +145,9 @@ class AsyncSandbox:
     async def start(cls, *, config: str | os.PathLike | None = None,
                     lifetime: float | None = None,
                     on_console: Callable[[bytes], None] | None = None,
-                    timeout: float | None = None, **options: Any) -> "AsyncSandbox":
+                    timeout: float | None = None, detach: bool = False,
+                    name: str | None = None, idle_timeout: float | None = None,
+                    **options: Any) -> "AsyncSandbox":
         """Start a sandbox. Options are the config-file fields (cpus, memory, disk_size, env,
         workdir, kernel, rootfs, initrd, accel, `from_`: a checkpoint to start from, `cold=True`
         to boot instead of restoring saved machine state, and the network: `allow_net=True`,
@@ -117,14 +156,77 @@ class AsyncSandbox:
         free host port; see `expose`); `config` names a config file; `lifetime` stops the
         sandbox that many seconds after it started (`timeout`, its old name, still works but
         warns: it read too much like `exec(timeout=)`, a deadline for one command). `command`
-        is refused: a sandbox runs what `exec` and `spawn` give it."""
+        is refused: a sandbox runs what `exec` and `spawn` give it.
+
+        `detach=True` starts the sandbox in a supervisor process of its own, so it outlives
+        the caller, under `name` (a fresh one if None); reach it from any process of the same
+        user with `attach(name)`. The supervisor enforces `lifetime` and `idle_timeout`
+        (seconds without exec, file or stream activity) even when no client is connected."""
         lifetime = start_lifetime(lifetime, timeout, stacklevel=3)
         start_options_check(options)
-        sandbox = cls(resolve_config(options, config), on_console=on_console)
+        idle_timeout = _seconds("idle_timeout", idle_timeout)
+        if not isinstance(detach, bool):
+            raise cfg.ConfigError([f"detach must be True or False, got {detach!r}"])
+        if not detach and (name is not None or idle_timeout is not None):
+            raise cfg.ConfigError([
+                f"{'name' if name is not None else 'idle_timeout'} is for detached sandboxes: "
+                "pass detach=True (a plain sandbox lives as long as its owner)"])
+        resolved = resolve_config(options, config)
+        if detach:
+            return await cls._start_detached(resolved, name, lifetime, idle_timeout)
+        sandbox = cls(resolved, on_console=on_console)
         await sandbox._boot()
         if lifetime is not None:
             sandbox._timeout_task = asyncio.create_task(sandbox._expire(lifetime))
         return sandbox
+
+    @classmethod
+    async def _start_detached(cls, config: cfg.SandboxConfig, name: str | None,
+                              lifetime: float | None, idle_timeout: float | None):
+        from . import registry, remote
+        from .supervisor import config_to_json
+
+        name = registry.check_name(name) if name is not None else registry.new_name()
+        await remote.spawn({"name": name, "config": config_to_json(config),
+                            "lifetime": lifetime, "idle_timeout": idle_timeout,
+                            "owner_pid": os.getpid()})
+        return await cls.attach(name)
+
+    @classmethod
+    async def attach(cls, name: str) -> "AsyncSandbox":
+        """A detached sandbox by name, from any process of the user who started it: the
+        whole API (exec, spawn, files, watch, connect, checkpoint, pause, stop...). Several
+        clients may be attached at once. SandboxNotFoundError if none has that name,
+        AccessError if it belongs to another user."""
+        from . import registry, remote
+        from .ports import PortForwards
+        from .supervisor import config_from_json
+
+        registry.check_name(name)
+        info, channel = await remote.open_channel(name)
+        sandbox = cls(config_from_json(info["config"]))
+        sandbox._name = name
+        sandbox._remote = info
+        sandbox._channel = channel
+        sandbox._started = info.get("started") or time.time()
+        sandbox._ports = PortForwards()  # for connect(): streams through the relay
+        sandbox._ports.attach(channel)
+        sandbox.state = State.PAUSED if info.get("state") == "paused" else State.RUNNING
+        return sandbox
+
+    @staticmethod
+    async def list() -> list[dict]:
+        """The user's detached sandboxes: {name, id, state (running, paused, or dead: its
+        supervisor crashed, see `shuru prune`), started, from, cpus, memory, ports,
+        owner_pid, supervisor_pid, ...}."""
+        from . import registry
+
+        return await asyncio.to_thread(registry.list_records)
+
+    async def _request(self, op: str, **args):
+        from . import remote
+
+        return await remote.request(self.name, op, **args)
 
     def _spec(self) -> MachineSpec:
         c = self.config
@@ -178,6 +280,7 @@ class AsyncSandbox:
                 await self._net.attach(self._channel, Files(lambda: self._channel))
             self._ports.attach(self._channel)
             self._machine.exited.add_done_callback(self._on_machine_exit)
+            self._started = time.time()
             self.state = State.RUNNING
         except BaseException:
             self.state = State.FAILED
@@ -185,7 +288,7 @@ class AsyncSandbox:
             raise
 
     def _on_machine_exit(self, _fut) -> None:
-        if self.state == State.RUNNING:
+        if self.state in (State.RUNNING, State.PAUSED):
             self.state = State.FAILED
 
     async def _expire(self, seconds: float) -> None:
@@ -197,8 +300,20 @@ class AsyncSandbox:
         Start sandboxes from it with `start(from_=name)`; the sandbox is stopped after. Then
         the checkpoint's machine state is saved for this sandbox's machine size (unless it was
         started `cold`), so the starts from it restore from the very first one."""
-        channel = self._live_channel()
         checkpoints.check_name(name)
+        if self._remote is not None:
+            self._require(State.RUNNING)
+            self.state = State.STOPPING
+            try:
+                from . import registry
+
+                saved = await self._request("checkpoint", name=name, overwrite=overwrite)
+                await asyncio.to_thread(registry.slot(self.name).wait_gone, 60)
+            finally:
+                await self._channel.close()
+                self.state = State.STOPPED
+            return checkpoints.load(saved)
+        channel = self._live_channel()
         if self._image is None:
             raise checkpoints.CheckpointError(
                 "only sandboxes started from the guest image or a checkpoint can be "
@@ -242,9 +357,31 @@ class AsyncSandbox:
             return
         self.state = State.STOPPING
         try:
+            if self._remote is not None:
+                from . import registry
+                from .errors import SandboxNotFoundError
+
+                try:
+                    await self._request("stop")
+                except (SandboxNotFoundError, SandboxDiedError):
+                    pass  # already gone
+                # Back once the supervisor has stopped the VM and let go of the name.
+                await asyncio.to_thread(registry.slot(self.name).wait_gone, 60)
             await self._teardown()
         finally:
             self.state = State.STOPPED
+
+    async def disconnect(self) -> None:
+        """Close this connection to a detached sandbox and leave it running (the end of
+        `async with` does the same for a detached sandbox); `stop()` ends it instead."""
+        if self._remote is None:
+            raise SandboxStateError("disconnect() is for detached sandboxes; a plain one "
+                                    "lives as long as its owner: use stop()",
+                                    state=self.state.value)
+        if self.state in (State.STOPPED, State.STOPPING):
+            return
+        await self._teardown()
+        self.state = State.STOPPED
 
     async def _teardown(self) -> None:
         if self._timeout_task and self._timeout_task is not asyncio.current_task():
@@ -264,7 +401,10 @@ class AsyncSandbox:
         return self
 
     async def __aexit__(self, *exc) -> None:
-        await self.stop()
+        if self._remote is not None:
+            await self.disconnect()
+        else:
+            await self.stop()
 
     def _require(self, *states: State) -> None:
         if self.state not in states:
@@ -277,6 +417,8 @@ class AsyncSandbox:
                                     state=self.state.value, required=names)
 
     def _live_channel(self) -> Channel:
+        # A detached sandbox paused by another client cannot be seen as paused here: its
+        # calls wait until it is resumed, as its frames do in the VM's channel.
         self._require(State.RUNNING)
         assert self._channel is not None
         return self._channel
@@ -285,7 +427,10 @@ class AsyncSandbox:
 
     def _exec_options(self, cwd, env, user) -> dict:
         # Placeholders and CA variables first, so a caller's own env can still override them.
-        merged_env = self._net.guest_env if self._net else {}  # a fresh dict each time
+        if self._net:
+            merged_env = self._net.guest_env  # a fresh dict each time
+        else:
+            merged_env = dict(self._remote.get("guest_env") or {}) if self._remote else {}
         merged_env.update(self.config.env)
         if env:
             merged_env.update({str(k): str(v) for k, v in env.items()})
@@ -346,27 +491,118 @@ class AsyncSandbox:
         """The network audit log, oldest first: dns, connect, deny, inject and close events
         ({time, event, host, ip, port, reason?, secrets?, bytes_up?, bytes_down?}); secret
         names only, never values. Empty without allow_net."""
+        if self._remote is not None:
+            from . import remote
+
+            return remote.request_blocking(self.name, "network_log")
         return self._net.log() if self._net else []
+
+    # ---- pause, lifetimes, metrics -----------------------------------------------------
+
+    async def pause(self) -> None:
+        """Stop the VM's CPUs; its memory stays where it is (in host RAM: a paused sandbox
+        costs its memory but no CPU). Processes, files and connections resume as they were
+        with `resume()`; until then exec and the other calls are refused (SandboxStateError)
+        here, and wait for the resume in other clients of a detached sandbox."""
+        self._require(State.RUNNING)
+        if self._remote is not None:
+            await self._request("pause")
+        else:
+            await self._qmp("stop")
+        self.state = State.PAUSED
+
+    async def resume(self) -> None:
+        """Run a paused sandbox's CPUs again."""
+        self._require(State.PAUSED, State.RUNNING)
+        if self._remote is not None:
+            await self._request("resume")
+        else:
+            await self._qmp("cont")
+        self.state = State.RUNNING
+
+    async def _qmp(self, command: str) -> None:
+        qmp = getattr(self._machine, "qmp", None)
+        if qmp is None:
+            raise SandboxStateError(f"this backend cannot {command} a VM's CPUs",
+                                    state=self.state.value)
+        await qmp.execute(command)
+
+    async def set_timeout(self, lifetime: float | None = None, *,
+                          idle_timeout: float | None = None) -> None:
+        """Stop the sandbox `lifetime` seconds from now (instead of when it was due to), and,
+        for a detached sandbox, after `idle_timeout` seconds without exec, file or stream
+        activity (enforced by its supervisor, client or not)."""
+        lifetime = _seconds("lifetime", lifetime)
+        idle_timeout = _seconds("idle_timeout", idle_timeout)
+        self._require(State.RUNNING, State.PAUSED)
+        if self._remote is not None:
+            await self._request("set_timeout", lifetime=lifetime, idle_timeout=idle_timeout)
+            return
+        if idle_timeout is not None:
+            raise cfg.ConfigError(["idle_timeout is for detached sandboxes (start(detach=True))"])
+        if lifetime is not None:
+            if self._timeout_task:
+                self._timeout_task.cancel()
+            self._timeout_task = asyncio.create_task(self._expire(lifetime))
+
+    async def metrics(self) -> dict:
+        """What the sandbox costs now: {uptime (s), cpu_seconds (the VM process's user +
+        system time), memory: {rss, pss} (bytes of host memory the VM process holds; pss
+        shares pages with clones of one saved state fairly), guest_memory: {total, available,
+        used} (the guest's own /proc/meminfo), disk (bytes its disk layer takes on the host),
+        network: {up, down} (bytes through the proxy), state}."""
+        if self._remote is not None:
+            self._require(State.RUNNING, State.PAUSED)
+            return await self._request("metrics")
+        self._require(State.RUNNING, State.PAUSED)
+        proc = getattr(self._machine, "proc", None)
+        usage = await asyncio.to_thread(metrics_mod.process_usage, proc.pid) if proc else {}
+        guest = None
+        if self.state == State.RUNNING:  # a paused guest cannot answer
+            with contextlib.suppress(ShuruError):
+                result = await self.exec(["cat", "/proc/meminfo"], timeout=30)
+                guest = metrics_mod.guest_memory(result.stdout)
+        return {
+            "state": self.state.value,
+            "uptime": metrics_mod.uptime(self._started),
+            "cpu_seconds": usage.get("cpu_seconds"),
+            "memory": {"rss": usage.get("rss"), "pss": usage.get("pss")},
+            "guest_memory": guest,
+            "disk": metrics_mod.disk_bytes(getattr(self._machine, "disk", None)),
+            "network": metrics_mod.network_bytes(self.network_log()),
+        }
 
     # ---- ports -------------------------------------------------------------------------
 
     async def expose(self, guest_port: int, host_port: int | None = None):
         """Forward 127.0.0.1:`host_port` on the host (a free port when None) to
         127.0.0.1:`guest_port` in the sandbox; returns the host `Address` (host, port).
-        No network device is involved. PortError if the host port is in use."""
+        No network device is involved. PortError if the host port is in use. A detached
+        sandbox's listener lives in its supervisor, so it outlives this client."""
         self._live_channel()
+        if self._remote is not None:
+            from .ports import Address
+
+            host, port = await self._request("expose", guest_port=guest_port,
+                                             host_port=host_port)
+            return Address(host, port)
         return await self._ports.expose(guest_port, host_port)
 
     async def unexpose(self, guest_port: int, host_port: int | None = None) -> None:
         """Stop forwarding to `guest_port` (only from `host_port` if given): the listener
         and the connections it accepted are closed."""
         self._live_channel()
+        if self._remote is not None:
+            await self._request("unexpose", guest_port=guest_port, host_port=host_port)
+            return
         await self._ports.unexpose(guest_port, host_port)
 
+    @_ClassOrInstance
     async def connect(self, guest_port: int):
         """Connect to 127.0.0.1:`guest_port` in the sandbox without a host listener:
         an asyncio (StreamReader, StreamWriter) pair (the sync `Sandbox` returns a socket).
-        PortError at once if nothing listens there."""
+        PortError at once if nothing listens there. (On the class, `AsyncSandbox.connect(
+        name)` is `attach(name)`.)"""
         return await asyncio.open_connection(sock=await self._connect_socket(guest_port))
 
     async def _connect_socket(self, guest_port: int):
@@ -376,19 +612,39 @@ class AsyncSandbox:
     @property
     def ports(self) -> list:
         """The forwards listening now: `Forward(host, host_port, guest_port)`s."""
+        if self._remote is not None and self.state in (State.RUNNING, State.PAUSED):
+            from . import remote
+            from .ports import Forward
+
+            return [Forward(*f) for f in remote.request_blocking(self.name, "ports")]
         return self._ports.forwards if self._ports else []
+
+    @property
+    def name(self) -> str | None:
+        """A detached sandbox's name (None for a plain one)."""
+        return self._name
 
     @property
     def accel(self) -> str | None:
         """The accelerator the VM runs on ("kvm" or "tcg"), once started."""
+        if self._remote is not None:
+            return self._remote.get("accel")
         return self._machine.accel.name if self._machine else None
 
     @property
     def restored(self) -> bool:
         """Whether this sandbox was restored from saved machine state (rather than booted)."""
+        if self._remote is not None:
+            return bool(self._remote.get("restored"))
         return getattr(self._machine, "restored_from", None) is not None
 
     def console_tail(self, lines: int = 40) -> str:
+        if self._remote is not None:
+            from . import remote
+
+            with contextlib.suppress(ShuruError):
+                return remote.request_blocking(self.name, "console_tail", lines=lines)
+            return ""
         return self._machine.console_tail(lines) if self._machine else ""
 
 

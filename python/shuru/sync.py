@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator
 
 from .files import Files, Watch
 from .process import Process
-from .sandbox import AsyncSandbox, start_lifetime
+from .sandbox import AsyncSandbox, _ClassOrInstance, start_lifetime
 
 
 class _LoopThread:
@@ -92,10 +92,12 @@ def _sync_method(name: str, async_fn: Callable) -> Callable:
 
 
 def public_async_methods(cls: type) -> dict[str, Callable]:
-    """Public coroutine methods of `cls` (instance methods, not the `start` classmethod)."""
+    """Public coroutine methods of `cls` (instance methods, not classmethods such as `start`
+    and `attach`, nor the static `list`)."""
     out = {}
     for name, member in inspect.getmembers(cls):
-        if name.startswith("_") or name == "start":
+        if name.startswith("_") or isinstance(inspect.getattr_static(cls, name),
+                                              (classmethod, staticmethod)):
             continue
         if inspect.iscoroutinefunction(member):
             out[name] = member
@@ -178,6 +180,28 @@ class Sandbox:
             raise
         return cls(sandbox, runner)
 
+    @classmethod
+    def attach(cls, name: str) -> "Sandbox":
+        """A detached sandbox by name; see `AsyncSandbox.attach`."""
+        runner = _LoopThread()
+        try:
+            sandbox = runner.run(AsyncSandbox.attach(name))
+        except BaseException:
+            runner.close()
+            raise
+        return cls(sandbox, runner)
+
+    @staticmethod
+    def list() -> list[dict]:
+        """The user's detached sandboxes; see `AsyncSandbox.list`."""
+        from . import registry
+
+        return registry.list_records()
+
+    @property
+    def name(self) -> str | None:
+        return self._async.name
+
     @property
     def state(self):
         return self._async.state
@@ -206,9 +230,11 @@ class Sandbox:
         """The forwards listening now; see `AsyncSandbox.ports`."""
         return self._runner.run(_call(lambda: self._async.ports))
 
+    @_ClassOrInstance
     def connect(self, guest_port: int):
         """Connect to 127.0.0.1:`guest_port` in the sandbox: a connected, blocking
-        `socket.socket` (asyncio streams would belong to the sandbox's private loop)."""
+        `socket.socket` (asyncio streams would belong to the sandbox's private loop). (On
+        the class, `Sandbox.connect(name)` is `attach(name)`.)"""
         sock = self._runner.run(self._async._connect_socket(guest_port))
         sock.setblocking(True)
         return sock
@@ -222,20 +248,36 @@ class Sandbox:
         finally:
             self._runner.close()
 
+    def disconnect(self) -> None:
+        """Leave a detached sandbox running and close this connection to it."""
+        if self._runner.loop.is_closed():
+            return
+        try:
+            self._runner.run(self._async.disconnect())
+        finally:
+            self._runner.close()
+
     def __enter__(self) -> "Sandbox":
         return self
 
     def __exit__(self, *exc) -> None:
-        self.stop()
+        if self._async._remote is not None:
+            self.disconnect()  # a detached sandbox outlives the block
+        else:
+            self.stop()
 
     def __del__(self):
-        # A forgotten sandbox must not keep a VM running; stop() is idempotent.
+        # A forgotten sandbox must not keep a VM running; stop() is idempotent. A detached
+        # one is meant to outlive this object: only its connection goes.
         try:
             if self._runner.loop.is_running():
-                self.stop()
+                if self._async._remote is not None:
+                    self.disconnect()
+                else:
+                    self.stop()
         except Exception:
             pass
 
 
 Sandbox.start.__func__.__signature__ = inspect.signature(AsyncSandbox.start.__func__)
-_mirror(Sandbox, AsyncSandbox, skip=("start", "stop", "connect"))
+_mirror(Sandbox, AsyncSandbox, skip=("start", "stop", "connect", "attach", "list", "disconnect"))

@@ -71,8 +71,8 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
-async def run_piped(sandbox: AsyncSandbox, argv: list[str]) -> int:
-    proc = await sandbox.spawn(argv)
+async def run_piped(sandbox: AsyncSandbox, argv: list[str], **options) -> int:
+    proc = await sandbox.spawn(argv, **options)
     broken = False
 
     def out(fd):

@@ -18,6 +18,16 @@ PAIRS = [(Sandbox, AsyncSandbox), (SyncProcess, Process), (SyncFiles, Files), (S
 ROUTED = {(Sandbox, "connect"): "_connect_socket"}
 
 
+def _instance_fn(cls, name):
+    """The method a sandbox object has under `name` (`connect` means attach on the class)."""
+    static = inspect.getattr_static(cls, name)
+    return getattr(static, "_method", None) or getattr(cls, name)
+
+
+def _is_class_level(cls, name):
+    return isinstance(inspect.getattr_static(cls, name), (classmethod, staticmethod))
+
+
 def _public(cls):
     return {n for n in dir(cls) if not n.startswith("_")}
 
@@ -62,7 +72,7 @@ def _sample_call(fn):
 @pytest.mark.parametrize("sync_cls, async_cls", PAIRS, ids=lambda c: c.__name__)
 def test_every_async_method_is_called_through_with_its_arguments(sync_cls, async_cls):
     methods = {name: fn for name, fn in inspect.getmembers(async_cls)
-               if not name.startswith("_") and name != "start"
+               if not name.startswith("_") and not _is_class_level(async_cls, name)
                and (inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn))
                and (sync_cls, name) not in ROUTED}
     assert methods
@@ -92,8 +102,8 @@ def test_routed_methods_call_their_async_route_with_their_arguments():
 
     for (sync_cls, name), route in ROUTED.items():
         async_cls = dict(PAIRS)[sync_cls]
-        ours = inspect.signature(getattr(sync_cls, name)).parameters
-        assert list(ours) == list(inspect.signature(getattr(async_cls, name)).parameters)
+        ours = inspect.signature(_instance_fn(sync_cls, name)).parameters
+        assert list(ours) == list(inspect.signature(_instance_fn(async_cls, name)).parameters)
         calls, sock = [], Socket()
 
         async def routed(*args, **kwargs):
@@ -105,7 +115,7 @@ def test_routed_methods_call_their_async_route_with_their_arguments():
         facade = object.__new__(sync_cls)
         facade._async, facade._runner = recorder, _LoopThread()
         try:
-            args, kwargs = _sample_call(getattr(async_cls, name))
+            args, kwargs = _sample_call(_instance_fn(async_cls, name))
             assert getattr(facade, name)(*args, **kwargs) is sock
             assert calls == [(args, kwargs)] and sock.blocking is True
         finally:
