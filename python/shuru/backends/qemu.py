@@ -20,7 +20,6 @@ import os
 import shlex
 import shutil
 import subprocess
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -191,6 +190,27 @@ class _Listener:
             self.server.close()
 
 
+# How much of the console is kept for error messages: a panic and its trace fit easily.
+CONSOLE_KEEP = 64 * 1024
+
+class ConsoleBuffer:
+    """The last `CONSOLE_KEEP` bytes of a console, however they arrived: a serial port
+    under emulation often arrives a byte or a few at a time, so a count of chunks would
+    keep too few lines to show why a VM died."""
+
+    def __init__(self, keep: int = CONSOLE_KEEP):
+        self.keep = keep
+        self._data = bytearray()
+
+    def feed(self, chunk: bytes) -> None:
+        self._data += chunk
+        if len(self._data) > 2 * self.keep:  # trim in batches, not on every byte
+            del self._data[:-self.keep]
+
+    def bytes(self) -> bytes:
+        return bytes(self._data[-self.keep:])
+
+
 class QemuMachine:
     def __init__(self, rundir: RunDir, proc: asyncio.subprocess.Process, qmp: QMP,
                  agent, console_reader: asyncio.StreamReader, accel: accel_mod.Accel,
@@ -206,7 +226,7 @@ class QemuMachine:
         self.agent = agent
         self.accel = accel
         self._listeners = listeners
-        self._console = deque(maxlen=256)  # recent console chunks, for error messages
+        self._console = ConsoleBuffer()  # the console's last bytes, for error messages
         self._on_console = on_console
         self._console_task = asyncio.create_task(self._pump_console(console_reader))
         self.exited = asyncio.ensure_future(proc.wait())
@@ -215,7 +235,7 @@ class QemuMachine:
     async def _pump_console(self, reader: asyncio.StreamReader) -> None:
         with contextlib.suppress(OSError, asyncio.CancelledError):
             while chunk := await reader.read(65536):
-                self._console.append(chunk)
+                self._console.feed(chunk)
                 if self._on_console:
                     self._on_console(chunk)
 
@@ -229,7 +249,7 @@ class QemuMachine:
         """The console's last `lines` lines; if the kernel panicked before them, from the
         panic line on (at most 100 lines), since that line says why the VM died. Control
         sequences are neutralised: it is guest text bound for a terminal."""
-        text = neutralise(b"".join(self._console).decode("utf-8", "backslashreplace"))
+        text = neutralise(self._console.bytes().decode("utf-8", "backslashreplace"))
         all_lines = text.rstrip("\n").splitlines()
         start = max(0, len(all_lines) - lines)
         panic = next((i for i in range(len(all_lines) - 1, -1, -1)
