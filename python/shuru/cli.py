@@ -558,8 +558,10 @@ def exec_(
 
 @app.command("shell")
 @handle_errors
-def shell(name: str = typer.Argument(..., help="The detached sandbox")):
-    """An interactive shell (a PTY) in a detached sandbox."""
+def shell(name: str = typer.Argument(..., help="The named sandbox"),
+          user: Optional[str] = typer.Option(None, "--user", "-u",
+                                             help="Run the shell as this guest user")):
+    """An interactive shell (a PTY) in a named sandbox."""
     import os
 
     from . import terminal
@@ -570,8 +572,8 @@ def shell(name: str = typer.Argument(..., help="The detached sandbox")):
         try:
             argv = list(sandbox.config.command)
             if os.isatty(0):
-                return await terminal._interactive(sandbox, argv)
-            return await terminal.run_piped(sandbox, argv)
+                return await terminal._interactive(sandbox, argv, user=user)
+            return await terminal.run_piped(sandbox, argv, user=user)
         finally:
             await sandbox.disconnect()
 

@@ -161,19 +161,23 @@ class AsyncSandbox:
         `detach=True` starts the sandbox in a supervisor process of its own, so it outlives
         the caller, under `name` (a fresh one if None); reach it from any process of the same
         user with `attach(name)`. The supervisor enforces `lifetime` and `idle_timeout`
-        (seconds without exec, file or stream activity) even when no client is connected."""
+        (seconds without exec, file or stream activity) even when no client is connected.
+        `name` without `detach` gives the same named, attachable sandbox, bound to this
+        process: its supervisor stops it when this process ends (kill -9 included), as a
+        plain sandbox's VM dies with its owner."""
         lifetime = start_lifetime(lifetime, timeout, stacklevel=3)
         start_options_check(options)
         idle_timeout = _seconds("idle_timeout", idle_timeout)
         if not isinstance(detach, bool):
             raise cfg.ConfigError([f"detach must be True or False, got {detach!r}"])
-        if not detach and (name is not None or idle_timeout is not None):
+        if not detach and idle_timeout is not None:
             raise cfg.ConfigError([
-                f"{'name' if name is not None else 'idle_timeout'} is for detached sandboxes: "
-                "pass detach=True (a plain sandbox lives as long as its owner)"])
+                "idle_timeout is for detached sandboxes: pass detach=True (a plain sandbox "
+                "lives as long as its owner)"])
         resolved = resolve_config(options, config)
-        if detach:
-            return await cls._start_detached(resolved, name, lifetime, idle_timeout)
+        if detach or name is not None:
+            return await cls._start_detached(resolved, name, lifetime, idle_timeout,
+                                             bound=not detach)
         sandbox = cls(resolved, on_console=on_console)
         await sandbox._boot()
         if lifetime is not None:
@@ -182,14 +186,15 @@ class AsyncSandbox:
 
     @classmethod
     async def _start_detached(cls, config: cfg.SandboxConfig, name: str | None,
-                              lifetime: float | None, idle_timeout: float | None):
+                              lifetime: float | None, idle_timeout: float | None,
+                              bound: bool = False):
         from . import registry, remote
         from .supervisor import config_to_json
 
         name = registry.check_name(name) if name is not None else registry.new_name()
         await remote.spawn({"name": name, "config": config_to_json(config),
                             "lifetime": lifetime, "idle_timeout": idle_timeout,
-                            "owner_pid": os.getpid()})
+                            "owner_pid": os.getpid(), "bound_to_owner": bound})
         return await cls.attach(name)
 
     @classmethod
@@ -621,7 +626,7 @@ class AsyncSandbox:
 
     @property
     def name(self) -> str | None:
-        """A detached sandbox's name (None for a plain one)."""
+        """A named sandbox's name (detached or bound to its owner; None for a plain one)."""
         return self._name
 
     @property

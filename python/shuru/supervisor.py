@@ -277,6 +277,7 @@ class Supervisor:
             "started": self.started, "from": c.from_, "cpus": c.cpus, "memory": c.memory,
             "ports": [f"{f.host}:{f.host_port}->{f.guest_port}" for f in self.sandbox.ports],
             "owner_pid": self.spec.get("owner_pid"), "supervisor_pid": os.getpid(),
+            "detached": not self.spec.get("bound_to_owner"),
             "qemu_pid": getattr(getattr(self.sandbox._machine, "proc", None), "pid", None),
             "lifetime": self.lifetime, "deadline": self.deadline,
             "idle_timeout": self.idle_timeout, "accel": self.sandbox.accel,
@@ -456,7 +457,12 @@ async def serve(spec: dict, ready_fd: int) -> int:
             claim.release()
             claim = None
 
+    owner = None
     try:
+        if spec.get("bound_to_owner"):
+            # Opened before the boot, so an owner that dies meanwhile is still seen (a pidfd
+            # stays readable once its process has ended) and a reused pid never fools it.
+            owner = owner_pidfd(spec.get("owner_pid"))
         claim = registry.claim(spec["name"])
         sandbox = AsyncSandbox(config_from_json(spec["config"]))
         await sandbox._boot()
@@ -468,6 +474,8 @@ async def serve(spec: dict, ready_fd: int) -> int:
         sandbox._machine.exited.add_done_callback(lambda _f: sup.finish("its VM exited"))
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, sup.finish, "it got SIGTERM")
+        if owner is not None:
+            loop.add_reader(owner, sup.finish, "its owner exited")
         watcher = asyncio.create_task(sup.watch_lifetimes())
         report({"ok": True, "value": sup.info()})
         await sup.done.wait()
@@ -488,6 +496,24 @@ async def serve(spec: dict, ready_fd: int) -> int:
         return 1
     finally:
         await clean_up()
+        if owner is not None:
+            with contextlib.suppress(ValueError, OSError):
+                asyncio.get_running_loop().remove_reader(owner)
+            os.close(owner)
+
+
+def owner_pidfd(pid: object) -> int:
+    """A pidfd for the process a bound sandbox belongs to (readable once it has ended);
+    ShuruError when there is no such process any more."""
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+        raise errors.ShuruError(f"a bound sandbox needs its owner's pid, got {pid!r}")
+    try:
+        return os.pidfd_open(pid)
+    except ProcessLookupError:
+        raise errors.ShuruError(f"the process that started this sandbox ({pid}) has ended") \
+            from None
+    except OSError as e:
+        raise errors.HostError(f"cannot watch process {pid}: {e.strerror}") from None
 
 
 def main(argv: list[str]) -> int:

@@ -121,10 +121,10 @@ async def _feed_stdin(proc) -> None:
     await proc.close_stdin()
 
 
-async def _interactive(sandbox: AsyncSandbox, argv: list[str]) -> int:
+async def _interactive(sandbox: AsyncSandbox, argv: list[str], user: str | None = None) -> int:
     loop = asyncio.get_running_loop()
     cols, rows = os.get_terminal_size(0)
-    proc = await sandbox.spawn(argv, tty=True, rows=rows, cols=cols)
+    proc = await sandbox.spawn(argv, tty=True, rows=rows, cols=cols, user=user)
     proc.on("stdout", lambda data: _write_all(1, data))
     pending: asyncio.Queue = asyncio.Queue()
 

@@ -36,6 +36,7 @@ from shuru import AsyncSandbox
 async def main():
     await AsyncSandbox.start(name="web", detach=True, cpus=1, memory=512)
     plain = await AsyncSandbox.start(cpus=1, memory=512)
+    bound = await AsyncSandbox.start(name="bound", cpus=1, memory=512)  # named, not detached
     print("up", flush=True)
     sys.stdin.read()  # held until the test kills us
 
@@ -76,8 +77,8 @@ def _record(name: str) -> dict | None:
 def test_attach_from_the_cli_and_a_second_process(creator):
     record = _record("web")
     assert record["state"] == "running" and record["owner_pid"] == creator.pid
-    assert [r["name"] for r in asyncio.run(AsyncSandbox.list())] == ["web"]
-    assert Sandbox.list() == [record]
+    assert sorted(r["name"] for r in asyncio.run(AsyncSandbox.list())) == ["bound", "web"]
+    assert record in Sandbox.list() and record["detached"] is True
     assert (record["cpus"], record["memory"]) == (1, 512)
     r = shuru("exec", "web", "--", "sh", "-c", "echo $((6 * 7)) > /tmp/answer; cat /tmp/answer")
     assert (r.returncode, r.stdout) == (0, b"42\n"), r.stderr
@@ -227,9 +228,17 @@ def test_shell_is_an_interactive_terminal(creator, rundir):
 def test_sigkill_of_the_creator_leaves_the_detached_sandbox_running(creator):
     plain_qemu = _children_named(creator.pid, "qemu-system")
     assert len(plain_qemu) == 1  # the plain sandbox's VM is the creator's child
+    # A named sandbox that is not detached can be attached to from elsewhere...
+    bound = _record("bound")
+    assert bound["detached"] is False and bound["owner_pid"] == creator.pid
+    r = shuru("exec", "bound", "--", "echo", "reached")
+    assert (r.returncode, r.stdout) == (0, b"reached\n"), r.stderr
     creator.send_signal(signal.SIGKILL)
     creator.wait()
     _wait_gone(plain_qemu[0], timeout=30)  # the plain one died with its owner
+    # ...but it is bound to its owner too: its supervisor stops it and lets go of the name.
+    _wait_gone(bound["qemu_pid"], timeout=60)
+    assert registry.slot("bound").wait_gone(60) and _record("bound") is None
     r = shuru("exec", "web", "--", "cat", "/tmp/answer")
     assert (r.returncode, r.stdout) == (0, b"42\n"), r.stderr
     assert _record("web")["state"] == "running"

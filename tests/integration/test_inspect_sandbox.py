@@ -24,6 +24,8 @@ from inspect_ai.util._sandbox.self_check import *  # noqa: F403  (Inspect's chec
 from shuru import AsyncSandbox, checkpoints
 from shuru.integrations.inspect_sandbox import WORKDIR, ShuruSandboxEnvironment
 
+from .conftest import shuru
+
 pytestmark = [pytest.mark.usefixtures("image"), pytest.mark.asyncio(loop_scope="module")]
 
 INSPECT = str(Path(sys.executable).with_name("inspect"))
@@ -89,9 +91,14 @@ async def test_relative_paths_and_cwd_share_the_working_directory(sandbox_env):
         await sandbox_env.read_file("bin.dat")
 
 
-async def test_connection_says_what_is_missing(sandbox_env):
-    with pytest.raises(NotImplementedError, match="another process"):
-        await sandbox_env.connection()
+async def test_connection_is_a_shell_another_process_can_run(sandbox_env):
+    connection = await sandbox_env.connection()
+    name = sandbox_env.sandbox.name
+    assert connection.type == "shuru" and connection.command == f"shuru shell {name}"
+    assert (await sandbox_env.connection(user="nobody")).command.endswith(" --user nobody")
+    # The command works from another process: piped, `shuru shell` runs its stdin.
+    r = shuru("shell", name, "--user", "nobody", input=b"id -un; pwd\n")
+    assert (r.returncode, r.stdout) == (0, b"nobody\n/\n"), r.stderr
 
 
 async def test_a_stopped_sandbox_is_unavailable():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 
 import pytest
 
@@ -114,7 +115,7 @@ def test_attaching_to_no_sandbox_says_so(root):
 
 
 @pytest.mark.parametrize("options, field", [
-    ({"name": "web"}, "name"), ({"idle_timeout": 5}, "idle_timeout"),
+    ({"name": "../x"}, "name"), ({"idle_timeout": 5}, "idle_timeout"),
     ({"detach": True, "idle_timeout": -1}, "idle_timeout"), ({"detach": "yes"}, "detach"),
     ({"detach": True, "name": "../x"}, "name"),
 ])
@@ -161,3 +162,16 @@ def test_a_start_that_fails_in_the_supervisor_raises_its_error_here(root, tmp_pa
                                        rootfs=str(rootfs)))
     assert registry.list_records() == []
     assert list((root / "named").iterdir()) == []
+
+
+def test_a_bound_sandbox_needs_a_live_owner():
+    from shuru.supervisor import owner_pidfd
+
+    fd = owner_pidfd(os.getpid())
+    os.close(fd)
+    child = subprocess.Popen(["true"])
+    child.wait()  # reaped: its pid names no process now
+    with pytest.raises(ShuruError, match="has ended"):
+        owner_pidfd(child.pid)
+    with pytest.raises(ShuruError, match="owner's pid"):
+        owner_pidfd(None)

@@ -21,6 +21,8 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
+import shlex
+import uuid
 from pathlib import Path
 from typing import Literal, Union, overload
 
@@ -39,10 +41,15 @@ WORKDIR = "/workspace"
 
 
 def attach_command(sandbox: AsyncSandbox, user: str | None = None) -> str | None:
-    """The shell command a person runs to get a shell in `sandbox` (as `user`), or None while
-    shuru has no way to reach a sandbox from another process: a sample's sandbox belongs to
-    the eval's process. The one place to change once sandboxes can be attached by name."""
-    return None
+    """The shell command a person runs to get a shell in `sandbox` (as `user`): samples run
+    in named sandboxes bound to the eval's process, which `shuru shell` attaches to; None
+    for a sandbox without a name."""
+    if sandbox.name is None:
+        return None
+    command = ["shuru", "shell", sandbox.name]
+    if user is not None:
+        command += ["--user", str(user)]
+    return shlex.join(command)
 
 
 def _config_path(config: SandboxEnvironmentConfigType | None) -> Path | None:
@@ -87,7 +94,10 @@ class ShuruSandboxEnvironment(SandboxEnvironment):
     @classmethod
     async def sample_init(cls, task_name: str, config: SandboxEnvironmentConfigType | None,
                           metadata: dict[str, str]) -> dict[str, SandboxEnvironment]:
-        sandbox = await AsyncSandbox.start(config=_config_path(config))
+        # Named, so a person can attach a shell (`connection()`), and bound to this process,
+        # so a killed eval leaves no VM behind.
+        sandbox = await AsyncSandbox.start(config=_config_path(config),
+                                           name=f"inspect-{uuid.uuid4().hex[:12]}")
         try:
             workdir = sandbox.config.workdir or WORKDIR
             await sandbox.files.mkdir(workdir, parents=True)
@@ -175,10 +185,7 @@ class ShuruSandboxEnvironment(SandboxEnvironment):
     async def connection(self, *, user: str | None = None) -> SandboxConnection:
         command = attach_command(self.sandbox, user)
         if command is None:
-            raise NotImplementedError(
-                "shuru cannot attach a shell to a sample's sandbox from another process yet: "
-                "the sandbox belongs to the eval's process. Run commands in it through "
-                "Inspect's tools, or start one like it with `shuru run` and the same config.")
+            raise NotImplementedError("this sandbox has no name, so no shell can attach to it")
         return SandboxConnection(type="shuru", command=command)
 
 
