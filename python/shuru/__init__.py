@@ -13,7 +13,8 @@ from importlib.metadata import PackageNotFoundError, version as _version
 from .errors import (BootError, CheckpointError, ConfigError, ExecError, ExecOutputLimitError,
                      ExecTimeoutError, GuestFileError, GuestFileExistsError,
                      GuestFileNotFoundError, GuestIsADirectoryError, GuestNotADirectoryError,
-                     GuestPermissionError, HostError, HTTPError, ImageError, PortError,
+                     GuestPermissionError, HostError, HTTPError, ImageError, MountError,
+                     PortError,
                      ProtocolError, QMPError, Refused, SandboxDiedError, SandboxStateError,
                      ShuruError, ShuruWarning, StaleStateError, UpstreamError)
 from .process import ExecResult, OutputChunk, Process
@@ -30,7 +31,7 @@ __all__ = [
     "ShuruError", "ShuruWarning", "BootError", "CheckpointError", "ConfigError", "ExecError",
     "ExecOutputLimitError", "ExecTimeoutError", "GuestFileError", "GuestFileExistsError",
     "GuestFileNotFoundError", "GuestIsADirectoryError", "GuestNotADirectoryError",
-    "GuestPermissionError", "HostError", "HTTPError", "ImageError", "PortError", "ProtocolError",
+    "GuestPermissionError", "HostError", "HTTPError", "ImageError", "MountError", "PortError", "ProtocolError",
     "QMPError", "Refused", "SandboxDiedError", "SandboxStateError", "StaleStateError",
     "UpstreamError", "__version__",
 ]
