@@ -39,8 +39,10 @@ MAX_READ = 64 * 1024  # FUSE reads ask at most this much (mount option max_read)
 _BUF = 256 * 1024
 
 # opcodes (linux/fuse.h)
-LOOKUP, FORGET, GETATTR, SETATTR, READLINK = 1, 2, 3, 4, 5
-OPEN, READ, STATFS, RELEASE, FSYNC = 14, 15, 17, 18, 20
+LOOKUP, FORGET, GETATTR, SETATTR, READLINK, SYMLINK = 1, 2, 3, 4, 5, 6
+MKDIR, UNLINK, RMDIR, RENAME, LINK = 9, 10, 11, 12, 13
+OPEN, READ, WRITE, STATFS, RELEASE, FSYNC = 14, 15, 16, 17, 18, 20
+CREATE, RENAME2, FSYNCDIR = 35, 45, 30
 GETXATTR, LISTXATTR, FLUSH, INIT, OPENDIR, READDIR, RELEASEDIR = 22, 23, 25, 26, 27, 28, 29
 ACCESS, INTERRUPT, DESTROY, BATCH_FORGET = 34, 36, 38, 42
 
@@ -54,6 +56,15 @@ READ_IN = struct.Struct("<QQIIQII")
 INIT_OUT = struct.Struct("<IIIIHHIIHHI7I")
 STATFS_OUT = struct.Struct("<QQQQQIIII6I")
 DIRENT = struct.Struct("<QQII")
+WRITE_IN = struct.Struct("<QQIIQII")
+SETATTR_IN = struct.Struct("<IIQQQQQQIIIIIIII")
+# what SETATTR may change, as the host is told it (FATTR_* bits)
+FATTR_MODE, FATTR_SIZE, FATTR_ATIME, FATTR_MTIME = 1, 8, 16, 32
+FATTR_ATIME_NOW, FATTR_MTIME_NOW = 128, 256
+# open flags the host honours for a :rw mount
+# (Linux values, as the host reads them whatever its own are: O_ACCMODE, O_EXCL, O_TRUNC,
+# O_APPEND)
+_PASS_FLAGS = 0o3 | 0o200 | 0o1000 | 0o2000
 
 FUSE_ASYNC_READ = 1 << 0
 FUSE_BIG_WRITES = 1 << 5
@@ -203,10 +214,10 @@ class Mount:
                 flags & (FUSE_ASYNC_READ | FUSE_BIG_WRITES), 16, 12, MAX_READ, 1, 0, 0, 0,
                 *([0] * 7)), force=True)
             return True
-        if opcode in (GETXATTR, LISTXATTR, ACCESS, FSYNC):
+        if opcode in (GETXATTR, LISTXATTR, ACCESS):
             self.reply(unique, -errno.ENOSYS, force=True)  # the kernel stops asking
             return True
-        if opcode == FLUSH:
+        if opcode in (FLUSH, FSYNC, FSYNCDIR):
             self.reply(unique, 0, force=True)
             return True
         if opcode in (INTERRUPT, DESTROY):
@@ -373,14 +384,54 @@ class Mounts:
         if path is None:
             m.reply(unique, -errno.ESTALE, force=True)
             return
-        if opcode == LOOKUP:
-            name = body.split(b"\0", 1)[0]
-            try:
-                text = name.decode()
-            except UnicodeDecodeError:
-                m.reply(unique, -errno.ENOENT, force=True)
+        if opcode in (LOOKUP, MKDIR, UNLINK, RMDIR, CREATE, RENAME, RENAME2):
+            if opcode in (MKDIR, UNLINK, RMDIR, CREATE, RENAME, RENAME2) and not m.rw:
+                m.reply(unique, -errno.EROFS, force=True)
                 return
-            op, fields["path"] = "lookup", f"{path}/{text}" if path else text
+            head = {MKDIR: 8, CREATE: 16, RENAME: 8, RENAME2: 16}.get(opcode, 0)
+            names = body[head:].split(b"\0")
+            try:
+                first = _child(path, names[0])
+                if opcode in (RENAME, RENAME2):
+                    (newdir,) = struct.unpack_from("<Q", body)
+                    if opcode == RENAME2 and struct.unpack_from("<I", body, 8)[0]:
+                        m.reply(unique, -errno.EINVAL, force=True)  # exchange, noreplace
+                        return
+                    dest_dir = m.paths.get(newdir)
+                    if dest_dir is None:
+                        m.reply(unique, -errno.ESTALE, force=True)
+                        return
+                    fields["dest"] = _child(dest_dir, names[1])
+            except (UnicodeDecodeError, IndexError, ValueError):
+                m.reply(unique, -errno.EINVAL, force=True)
+                return
+            fields["path"] = first
+            op = {LOOKUP: "lookup", MKDIR: "mkdir", UNLINK: "unlink", RMDIR: "rmdir",
+                  CREATE: "create", RENAME: "rename", RENAME2: "rename"}[opcode]
+            if opcode == MKDIR:
+                fields["mode"] = struct.unpack_from("<I", body)[0] & 0o7777
+            elif opcode == CREATE:
+                flags, mode = struct.unpack_from("<II", body)
+                fields.update(flags=flags & _PASS_FLAGS, mode=mode & 0o7777)
+        elif opcode == WRITE and m.rw:
+            fh, offset, size = WRITE_IN.unpack_from(body)[:3]
+            op = "write"
+            fields.update(fh=fh, off=offset, d=body[WRITE_IN.size:WRITE_IN.size + size])
+        elif opcode == SETATTR and m.rw:
+            valid, _, fh, size, _, atime, mtime, _, atimens, mtimens, _, mode = \
+                SETATTR_IN.unpack_from(body)[:12]
+            op, fields["path"] = "setattr", path
+            if valid & FATTR_MODE:
+                fields["mode"] = mode & 0o7777
+            if valid & FATTR_SIZE:
+                fields["size"] = size
+            if valid & (FATTR_ATIME | FATTR_MTIME | FATTR_ATIME_NOW | FATTR_MTIME_NOW):
+                now = time.time_ns()
+                fields["times"] = [
+                    now if valid & FATTR_ATIME_NOW else
+                    (atime * 10**9 + atimens if valid & FATTR_ATIME else None),
+                    now if valid & FATTR_MTIME_NOW else
+                    (mtime * 10**9 + mtimens if valid & FATTR_MTIME else None)]
         elif opcode == GETATTR:
             op, fields["path"] = "getattr", path
         elif opcode == READLINK:
@@ -388,8 +439,10 @@ class Mounts:
         elif opcode in (OPEN, OPENDIR):
             (flags,) = struct.unpack_from("<I", body)
             if opcode == OPEN and flags & O_ACCMODE != os.O_RDONLY:
-                m.reply(unique, -errno.EROFS, force=True)
-                return
+                if not m.rw:
+                    m.reply(unique, -errno.EROFS, force=True)
+                    return
+                fields["flags"] = flags & _PASS_FLAGS
             op, fields["path"] = ("open" if opcode == OPEN else "opendir"), path
         elif opcode in (READ, READDIR):
             fh, offset, size = READ_IN.unpack_from(body)[:3]
@@ -400,11 +453,13 @@ class Mounts:
             op, fields["fh"] = ("release" if opcode == RELEASE else "releasedir"), fh
         elif opcode == STATFS:
             op = "statfs"
-        elif opcode == SETATTR and not m.rw:
-            m.reply(unique, -errno.EROFS, force=True)
+        elif opcode in (SETATTR, WRITE, SYMLINK, LINK):
+            # symlinks and hard links are not made on the host: a link the guest planted
+            # could lead a host program that follows it anywhere
+            m.reply(unique, -errno.EPERM if m.rw else -errno.EROFS, force=True)
             return
         else:
-            m.reply(unique, -errno.EROFS if m.rw else -errno.ENOSYS, force=True)
+            m.reply(unique, -errno.ENOSYS, force=True)
             return
         with m.lock:
             m.pending[unique] = (time.monotonic() + REQUEST_TIMEOUT, opcode, nodeid, fields)
@@ -448,17 +503,35 @@ class Mounts:
             return
         m.reply(unique, 0, payload)
 
+    def _entry(self, m: Mount, path: str, attr: list) -> bytes:
+        node = m.nodes.get(path)
+        if node is None:
+            node = m.next_node
+            m.next_node += 1
+            m.nodes[path], m.paths[node] = node, path
+        m.lookups[node] = m.lookups.get(node, 0) + 1
+        return ENTRY_OUT.pack(node, 0, 0, 0, 0, 0) + _attr(attr)
+
     def _payload(self, m: Mount, opcode: int, fields: dict, value) -> bytes:
-        if opcode == LOOKUP:
-            path = fields["path"]
-            node = m.nodes.get(path)
-            if node is None:
-                node = m.next_node
-                m.next_node += 1
-                m.nodes[path], m.paths[node] = node, path
-            m.lookups[node] = m.lookups.get(node, 0) + 1
-            return ENTRY_OUT.pack(node, 0, 0, 0, 0, 0) + _attr(value)
-        if opcode == GETATTR:
+        if opcode in (LOOKUP, MKDIR):
+            return self._entry(m, fields["path"], value)
+        if opcode == CREATE:
+            fh, attr = value
+            return self._entry(m, fields["path"], attr) + OPEN_OUT.pack(int(fh), 0, 0)
+        if opcode in (UNLINK, RMDIR):
+            m.nodes.pop(fields["path"], None)  # a new file there gets a node of its own
+            return b""
+        if opcode in (RENAME, RENAME2):
+            old, new = fields["path"], fields["dest"]
+            m.nodes.pop(new, None)
+            for path in [p for p in m.nodes if p == old or p.startswith(old + "/")]:
+                node = m.nodes.pop(path)
+                m.nodes[new + path[len(old):]] = node
+                m.paths[node] = new + path[len(old):]
+            return b""
+        if opcode == WRITE:
+            return struct.pack("<II", int(value), 0)
+        if opcode in (GETATTR, SETATTR):
             return ATTR_OUT.pack(0, 0, 0) + _attr(value)
         if opcode == READLINK:
             if not isinstance(value, bytes):
@@ -487,6 +560,13 @@ class Mounts:
             return STATFS_OUT.pack(blocks, bfree, bavail, files, ffree, bsize, namelen, bsize,
                                    0, *([0] * 6))
         return b""  # RELEASE, RELEASEDIR
+
+
+def _child(parent: str, raw: bytes) -> str:
+    name = raw.decode()
+    if not name or name in (".", "..") or "/" in name:
+        raise ValueError(name)
+    return f"{parent}/{name}" if parent else name
 
 
 def _overlaps(a: str, b: str) -> bool:

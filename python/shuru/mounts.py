@@ -209,10 +209,38 @@ def _dtype(mode: int) -> int:
     return st.S_IFMT(mode) >> 12
 
 
-class FolderServer:
-    """Answers `fsop`s for one host folder (the pure part: no channel)."""
+# Open flags as the guest (Linux) spells them, whatever this host's values are.
+_G_ACCMODE, _G_EXCL, _G_TRUNC, _G_APPEND = 0o3, 0o200, 0o1000, 0o2000
+_ACCESS = {0: os.O_RDONLY, 1: os.O_WRONLY, 2: os.O_RDWR}
+_WRITE_OPS = ("create", "write", "mkdir", "unlink", "rmdir", "rename", "setattr")
 
-    def __init__(self, root: str):
+
+def _host_flags(flags: Any) -> int:
+    if not isinstance(flags, int) or flags & _G_ACCMODE not in _ACCESS:
+        raise OSError(errno.EINVAL, "bad open flags")
+    out = _ACCESS[flags & _G_ACCMODE]
+    for guest, host in ((_G_EXCL, os.O_EXCL), (_G_TRUNC, os.O_TRUNC), (_G_APPEND, os.O_APPEND)):
+        if flags & guest:
+            out |= host
+    return out
+
+
+def _mode(value: Any, default: int) -> int:
+    """A mode the guest asks for, never setuid or setgid on the host."""
+    if value is None:
+        return default
+    if not isinstance(value, int):
+        raise OSError(errno.EINVAL, "bad mode")
+    return value & 0o1777
+
+
+class FolderServer:
+    """Answers `fsop`s for one host folder (the pure part: no channel). Write operations
+    only when `writable` (a `:rw` mount); they never make links and never set setuid or
+    setgid bits on the host."""
+
+    def __init__(self, root: str, writable: bool = False):
+        self.writable = writable
         self.root = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.files: dict[int, int] = {}  # handle -> fd
         self.dirs: dict[int, list] = {}  # handle -> [(name, ino, dtype)]
@@ -287,9 +315,18 @@ class FolderServer:
             finally:
                 if parent != self.root:
                     os.close(parent)
+        if op in _WRITE_OPS:
+            if not self.writable:
+                raise OSError(errno.EROFS, "read-only mount")
+            return self._write_op(op, msg)
         if op == "open":
             h = self._handle()
-            fd = self._open(_names(msg.get("path")), os.O_RDONLY)
+            flags = os.O_RDONLY
+            if msg.get("flags") is not None:
+                flags = _host_flags(msg["flags"]) & ~os.O_EXCL
+                if flags & os.O_ACCMODE != os.O_RDONLY and not self.writable:
+                    raise OSError(errno.EROFS, "read-only mount")
+            fd = self._open(_names(msg.get("path")), flags)
             if not st.S_ISREG(os.fstat(fd).st_mode):
                 os.close(fd)
                 raise OSError(errno.EACCES, "not a regular file")
@@ -346,6 +383,79 @@ class FolderServer:
         raise OSError(errno.ENOSYS, f"unknown op {op!r}")
 
 
+    def _in_parent(self, names: list[str], fn):
+        if not names:
+            raise OSError(errno.EBUSY, "the mount's root")
+        parent = self._parent(names)
+        try:
+            return fn(parent, names[-1])
+        finally:
+            if parent != self.root:
+                os.close(parent)
+
+    def _write_op(self, op: str, msg: dict) -> Any:
+        names = _names(msg.get("path")) if op != "write" else []
+        if op == "write":
+            fd = self.files.get(msg.get("fh"))
+            off, data = msg.get("off"), msg.get("d")
+            if fd is None or not isinstance(off, int) or off < 0 or not isinstance(data, bytes):
+                raise OSError(errno.EBADF, "bad handle")
+            return os.pwrite(fd, data, off)
+        if op == "create":
+            h = self._handle()
+            flags = _host_flags(msg.get("flags")) | os.O_CREAT
+            fd = self._in_parent(names, lambda p, n: os.open(
+                n, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                _mode(msg.get("mode"), 0o644), dir_fd=p))
+            self.files[h] = fd
+            return [h, _attr(os.fstat(fd))]
+        if op == "mkdir":
+            self._in_parent(names, lambda p, n: os.mkdir(n, _mode(msg.get("mode"), 0o755),
+                                                         dir_fd=p))
+            return _attr(self._lstat(names))
+        if op == "unlink":
+            return self._in_parent(names, lambda p, n: os.unlink(n, dir_fd=p))
+        if op == "rmdir":
+            return self._in_parent(names, lambda p, n: os.rmdir(n, dir_fd=p))
+        if op == "rename":
+            dest = _names(msg.get("dest"))
+            if not dest:
+                raise OSError(errno.EBUSY, "the mount's root")
+            return self._in_parent(names, lambda p, n: self._in_parent(
+                dest, lambda q, m: os.rename(n, m, src_dir_fd=p, dst_dir_fd=q)))
+        # setattr: every change on the entry itself, never through a link
+        s = self._lstat(names)
+        if st.S_ISLNK(s.st_mode) and ("mode" in msg or "size" in msg):
+            raise OSError(errno.ELOOP, "a symlink")
+        if "size" in msg:
+            size = msg["size"]
+            if not isinstance(size, int) or size < 0:
+                raise OSError(errno.EINVAL, "bad size")
+            fd = self._open(names, os.O_WRONLY)
+            try:
+                os.ftruncate(fd, size)
+            finally:
+                os.close(fd)
+        if "mode" in msg:
+            mode = _mode(msg["mode"], 0o644)
+            if names:  # the entry was checked not to be a link just above
+                self._in_parent(names, lambda p, n: os.chmod(n, mode, dir_fd=p))
+            else:
+                os.fchmod(self.root, mode)
+        if "times" in msg:
+            times = msg["times"]
+            if not isinstance(times, list) or len(times) != 2:
+                raise OSError(errno.EINVAL, "bad times")
+            ns = (times[0] if times[0] is not None else s.st_atime_ns,
+                  times[1] if times[1] is not None else s.st_mtime_ns)
+            if names:
+                self._in_parent(names, lambda p, n: os.utime(n, ns=ns, dir_fd=p,
+                                                             follow_symlinks=False))
+            else:
+                os.utime(self.root, ns=ns)
+        return _attr(self._lstat(names))
+
+
 def answer(server: FolderServer, msg: dict) -> dict:
     """The fsreply fields for one fsop."""
     try:
@@ -393,7 +503,7 @@ class ActiveMount:
 async def mount(channel: Channel, spec: MountSpec) -> ActiveMount:
     """Mount one (checked) host folder in the guest; MountError if the guest refuses."""
     try:
-        server = FolderServer(spec.host)
+        server = FolderServer(spec.host, writable=spec.mode == "rw")
     except OSError as e:
         raise MountError(f"cannot open {spec.host}: {e.strerror}") from None
     stream = channel.open_stream()
