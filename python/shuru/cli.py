@@ -248,9 +248,9 @@ def run(
     resolved = resolve_config(flags, config_file)
     on_exit = print_network_log if verbose else None
     try:
-        code = asyncio.run(terminal.run_command(
-            resolved, on_exit=on_exit, on_start=print_free_ports,
-            before_stop=print_mount_changes if diff else None))
+        extra = {"before_stop": print_mount_changes} if diff else {}
+        code = asyncio.run(terminal.run_command(resolved, on_exit=on_exit,
+                                                on_start=print_free_ports, **extra))
     except ConfigError as e:  # a host port in use, a refused mount: say it as the user wrote it
         if port:
             e = ports.relabel(e)
