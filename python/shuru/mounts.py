@@ -597,7 +597,10 @@ class Changes(list):
                     os.makedirs(dest, exist_ok=True)
                 elif change.type == "symlink":
                     result = await self._sandbox.exec(["readlink", "--", source])
-                    target = result.stdout.decode().rstrip("\n")
+                    if result.exit_code != 0:
+                        raise MountError(f"cannot read the link {change.path} in the guest: "
+                                         f"{result.stderr.strip()}")
+                    target = os.fsdecode(result.stdout_bytes[:-1])
                     if os.path.lexists(dest):
                         os.unlink(dest)
                     os.symlink(target, dest)
