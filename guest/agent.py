@@ -352,10 +352,13 @@ class Agent:
         self.end_all()
         if os.getpid() == 1:
             # What a clone may need later that costs execs, done once here for all of them.
+            # overlayfs for host folder mounts rides along in the same modprobe, and the
+            # mount code (ctypes, threads) is imported into the state clones wake up with.
             try:
-                netcap.netsetup.load_modules(netcap.netsetup.PRELOAD)
+                netcap.netsetup.load_modules(netcap.netsetup.PRELOAD + ("overlay",))
             except (netcap.netsetup.SetupError, OSError) as e:
                 log("preloading the network modules failed:", e)
+            from . import fusefs  # noqa: F401
         self.send("parked", 0)
 
     def end_all(self) -> None:

@@ -186,7 +186,7 @@ class Mount:
         poller = select.poll()
         poller.register(self.fd, select.POLLIN)
         while not self.closed:
-            if poller.poll(1000):
+            if poller.poll(1000) and not self.closed:
                 try:
                     req = os.read(self.fd, _BUF)
                 except OSError as e:
@@ -254,13 +254,13 @@ class Mount:
         for target in reversed(self.mounted):
             _umount(target)
         self.mounted.clear()
-        for fd in (self.fd, self.wake_r, self.wake_w):
+        fds, self.fd = (self.fd, self.wake_r, self.wake_w), -1  # the reader thread sees -1
+        for fd in fds:
             if fd >= 0:
                 try:
                     os.close(fd)
                 except OSError:
                     pass
-        self.fd = -1
         if not self.rw:
             for path in (f"{self.base}/layer", self.lower, self.base):
                 try:
