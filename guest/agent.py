@@ -442,6 +442,12 @@ class Agent:
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
             self.send("error", s, code="EINVAL", message="env keys and values must be strings")
             return
+        if self.under_mount(msg.get("cwd")):
+            # A working directory in a host folder mount is entered by the process itself:
+            # the agent must not wait on the mount it serves (see under_mount).
+            argv = ["/bin/sh", "-c", 'cd -- "$1" || exit 126; shift; exec "$@"', "sh",
+                    msg["cwd"], *argv]
+            msg = dict(msg, cwd="/")
         try:
             proc = spawn(s, argv, env, msg)
         except ExecSetupError as e:

@@ -161,6 +161,15 @@ async def test_agent_file_calls_under_a_mount_are_refused_not_hung(sb):
 
 
 @on_module_loop
+async def test_exec_in_a_directory_of_the_mount(sb):
+    """The agent serves the mount, so it must not enter it itself: the process does."""
+    result = await asyncio.wait_for(sb.exec("pwd && ls", cwd="/app/sub", timeout=60), 120)
+    assert (result.exit_code, result.stdout) == (0, "/app/sub\na.txt\n")
+    result = await asyncio.wait_for(sb.exec("pwd", cwd="/app/nowhere", timeout=60), 120)
+    assert result.exit_code == 126 and "nowhere" in result.stderr
+
+
+@on_module_loop
 async def test_rw_mount_writes_to_the_host(sb, host):
     rw = host / "proj" / "rw"
     assert await sh(sb, "cat /rw/existing.txt") == "host\n"
