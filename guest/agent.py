@@ -172,6 +172,7 @@ class Agent:
         self.parts: dict[int, bytearray | None] = {}
         self.net = netcap.Capture(self.send, self.forget_fd)  # idle until the host enables it
         self.ports = portfwd.Forwards(self.send, self.forget_fd)  # host-opened tcp_connect
+        self._mounts = None  # fusefs.Mounts, made on the first `mount` (ctypes costs a boot)
         self.connected = False
         self.running = True
         self.shutdown_requested = False
@@ -281,6 +282,8 @@ class Agent:
             self.resume(msg)
         elif t == "shutdown":
             self.shutdown_requested = True
+            if self._mounts is not None:
+                self._mounts.shutdown()  # nothing of a host folder goes into the disk
             os.sync()
             self.send("shutdown", 0)
         elif t == "part":
@@ -297,6 +300,10 @@ class Agent:
             self.ports.open(s, msg)
         elif self.ports.owns(s):
             self.ports.message(t, s, msg)
+        elif t == "mount":
+            self.mounts().open(s, msg)
+        elif self._mounts is not None and self._mounts.owns(s):
+            self._mounts.message(t, s, msg)
         elif s in self.readers or s in self.writers or s in self.watchers:
             self.file_stream_message(t, s, msg)
         else:
@@ -318,6 +325,26 @@ class Agent:
             elif t == "resize" and proc.tty:
                 _set_winsize(proc.stdin_fd, msg["rows"], msg["cols"])
 
+    def mounts(self):
+        if self._mounts is None:
+            from . import fusefs
+
+            self._mounts = fusefs.Mounts(self.send)
+            self._mounts.forget = self.forget_fd
+        return self._mounts
+
+    def under_mount(self, path: object) -> str | None:
+        """The host folder mount `path` lies in, if any (by its name: resolving it would
+        ask the mount itself). This loop serves the mount's requests, so it must not wait
+        on a file there: the host reads host folders on the host."""
+        if self._mounts is None or not isinstance(path, str):
+            return None
+        norm = os.path.normpath(path)
+        for target in self._mounts.targets():
+            if norm == target or norm.startswith(target + "/"):
+                return target
+        return None
+
     def park(self) -> None:
         """Get ready to be saved as a machine state: nothing running, nothing in flight.
         The host saves the VM right after `parked` and never talks to it again; clones
@@ -325,10 +352,13 @@ class Agent:
         self.end_all()
         if os.getpid() == 1:
             # What a clone may need later that costs execs, done once here for all of them.
+            # overlayfs for host folder mounts rides along in the same modprobe, and the
+            # mount code (ctypes, threads) is imported into the state clones wake up with.
             try:
-                netcap.netsetup.load_modules(netcap.netsetup.PRELOAD)
+                netcap.netsetup.load_modules(netcap.netsetup.PRELOAD + ("overlay",))
             except (netcap.netsetup.SetupError, OSError) as e:
                 log("preloading the network modules failed:", e)
+            from . import fusefs  # noqa: F401
         self.send("parked", 0)
 
     def end_all(self) -> None:
@@ -347,6 +377,8 @@ class Agent:
         self.parts.clear()
         self.net.shutdown()
         self.ports.shutdown()
+        if self._mounts is not None:
+            self._mounts.shutdown()
 
     def resume(self, msg: dict) -> None:
         """A restored clone's first frame: make this machine unique (RNG, clock), then greet
@@ -410,6 +442,12 @@ class Agent:
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
             self.send("error", s, code="EINVAL", message="env keys and values must be strings")
             return
+        if self.under_mount(msg.get("cwd")):
+            # A working directory in a host folder mount is entered by the process itself:
+            # the agent must not wait on the mount it serves (see under_mount).
+            argv = ["/bin/sh", "-c", 'cd -- "$1" || exit 126; shift; exec "$@"', "sh",
+                    msg["cwd"], *argv]
+            msg = dict(msg, cwd="/")
         try:
             proc = spawn(s, argv, env, msg)
         except ExecSetupError as e:
@@ -444,9 +482,17 @@ class Agent:
         if self.stream_busy(s):
             self.send("error", s, code="EBUSY", message=f"stream {s} is already in use")
             return
+        for field in ("path", "dest"):
+            target = self.under_mount(msg.get(field))
+            if target is not None:
+                self.send("error", s, code="EBUSY", path=msg[field], message=(
+                    f"{msg[field]} is in the host folder mounted on {target}: read or write "
+                    "it on the host, or through a command in the sandbox"))
+                return
         try:
             if t == "fs" and msg["op"] in fsops.LISTINGS:
-                self.readers[s] = ListingReader(s, fsops.open_listing(msg))
+                self.readers[s] = ListingReader(
+                    s, fsops.open_listing(msg, lambda path: self.under_mount(path) is not None))
             elif t == "fs":
                 op = fsops.OPS.get(msg["op"])
                 if op is None:
@@ -673,6 +719,8 @@ class Agent:
                     want[watcher.fd] = selectors.EVENT_READ
             want.update(self.net.interest(backed_up))
             want.update(self.ports.interest(backed_up))
+            if self._mounts is not None:
+                want.update(self._mounts.interest())
         return want
 
     def update_registrations(self) -> None:
@@ -740,6 +788,8 @@ class Agent:
 
     def service_fd(self, fd: int, events: int) -> None:
         if self.net.service(fd, events) or self.ports.service(fd, events):
+            return
+        if self._mounts is not None and self._mounts.service(fd, events):
             return
         for s, watcher in list(self.watchers.items()):
             if watcher.fd == fd:

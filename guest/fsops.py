@@ -13,7 +13,7 @@ import errno
 import os
 import shutil
 import stat as st
-from typing import Iterator
+from typing import Callable, Iterator
 
 
 class RequestError(OSError):
@@ -72,33 +72,49 @@ def op_exists(req: dict) -> bool:
 MAX_OPEN_DIRS = 64
 
 
-def open_listing(req: dict) -> Iterator[dict]:
+# What a listing shows for a host folder's mount point, without asking the mount (see
+# open_listing's `served`): a directory, as every mount point is.
+_SERVED_DIR = os.stat_result((st.S_IFDIR | 0o755, 0, 0, 2, 0, 0, 0, 0, 0, 0))
+
+
+def open_listing(req: dict, served: Callable[[str], bool] = lambda path: False
+                 ) -> Iterator[dict]:
     """`list` (one directory) or `walk` (every entry below it, a directory before what is in
     it) as a generator of entries in directory order. The root is opened now, so a missing
     or wrong path raises here, before any entry is sent; the rest is read as the host takes
     it, so memory does not grow with the number of entries. Entries that vanish while being
     read, subdirectories that cannot be opened (as os.walk does), and names that are not
-    UTF-8 (the host could not name them in a request) are skipped."""
+    UTF-8 (the host could not name them in a request) are skipped. A path for which
+    `served(path)` holds is a filesystem this agent serves itself (a host folder mount): it
+    is listed as a plain directory without a stat and never entered, since the agent would
+    wait on a request that only it can answer."""
     root = check_path(req.get("path"))
     it = os.scandir(root)
     if req.get("op") == "walk":
-        return _walk(root, it)
-    return _list(root, it)
+        return _walk(root, it, served)
+    return _list(root, it, served)
 
 
-def _list(path: str, it) -> Iterator[dict]:
+def _stat(full: str, entry, served) -> os.stat_result:
+    if served(full):
+        return _SERVED_DIR
+    return entry.stat(follow_symlinks=False)
+
+
+def _list(path: str, it, served) -> Iterator[dict]:
     with it:
         for entry in it:
             if not _utf8(entry.name):
                 continue
+            full = os.path.join(path, entry.name)
             try:
-                s = entry.stat(follow_symlinks=False)
+                s = _stat(full, entry, served)
             except OSError:
                 continue  # vanished while listing
-            yield describe(os.path.join(path, entry.name), s, entry.name)
+            yield describe(full, s, entry.name)
 
 
-def _walk(root: str, it) -> Iterator[dict]:
+def _walk(root: str, it, served) -> Iterator[dict]:
     stack = [(root, it)]  # (directory, iterator over its entries), depth first
     try:
         while stack:
@@ -111,11 +127,11 @@ def _walk(root: str, it) -> Iterator[dict]:
                 continue
             full = os.path.join(directory, entry.name)
             try:
-                s = entry.stat(follow_symlinks=False)
+                s = _stat(full, entry, served)
             except OSError:
                 continue
             yield describe(full, s, entry.name)
-            if st.S_ISDIR(s.st_mode):
+            if st.S_ISDIR(s.st_mode) and not served(full):
                 try:
                     child = os.scandir(full)
                 except OSError:

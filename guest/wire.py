@@ -80,6 +80,11 @@ SCHEMA: dict[str, dict[str, object]] = {
     "close": {},
     # port forwarding: the host opens an odd stream to a TCP port on the guest's loopback
     "tcp_connect": {"port": _INT},
+    # host folders: the host opens an odd stream that mounts a folder at `path`; the guest
+    # sends the FUSE requests it needs answered as `fsop`s, the host answers `fsreply`
+    "mount": {"path": _STR, "rw?": _BOOL},
+    "fsop": {"id": _INT, "op": _STR},  # further fields depend on op
+    "fsreply": {"id": _INT, "err?": (_STR, _NONE)},  # "value": the op's result
     # a host request too big for one frame, in pieces (see request_frames)
     "part": {"d": _BIN, "more": _BOOL},
 }

@@ -10,13 +10,13 @@
 
 from importlib.metadata import PackageNotFoundError, version as _version
 
-from .errors import (AccessError, BootError, CheckpointError, ConfigError, ExecError, ExecOutputLimitError,
-                     ExecTimeoutError, GuestFileError, GuestFileExistsError,
-                     GuestFileNotFoundError, GuestIsADirectoryError, GuestNotADirectoryError,
-                     GuestPermissionError, HostError, HTTPError, ImageError, PortError,
-                     ProtocolError, QMPError, Refused, SandboxDiedError, SandboxNotFoundError,
-                     SandboxStateError,
-                     ShuruError, ShuruWarning, StaleStateError, UpstreamError)
+from .errors import (AccessError, BootError, CheckpointError, ConfigError, ExecError,
+                     ExecOutputLimitError, ExecTimeoutError, GuestFileError,
+                     GuestFileExistsError, GuestFileNotFoundError, GuestIsADirectoryError,
+                     GuestNotADirectoryError, GuestPermissionError, HostError, HTTPError,
+                     ImageError, MountError, PortError, ProtocolError, QMPError, Refused,
+                     SandboxDiedError, SandboxNotFoundError, SandboxStateError, ShuruError,
+                     ShuruWarning, StaleStateError, UpstreamError)
 from .process import ExecResult, OutputChunk, Process
 from .sandbox import AsyncSandbox, State
 from .sync import Sandbox, SyncProcess
@@ -28,10 +28,11 @@ except PackageNotFoundError:  # running from a source tree without an install
 
 __all__ = [
     "AsyncSandbox", "Sandbox", "SyncProcess", "State", "ExecResult", "OutputChunk", "Process",
-    "ShuruError", "ShuruWarning", "AccessError", "BootError", "CheckpointError", "ConfigError", "ExecError",
-    "ExecOutputLimitError", "ExecTimeoutError", "GuestFileError", "GuestFileExistsError",
-    "GuestFileNotFoundError", "GuestIsADirectoryError", "GuestNotADirectoryError",
-    "GuestPermissionError", "HostError", "HTTPError", "ImageError", "PortError", "ProtocolError",
-    "QMPError", "Refused", "SandboxDiedError", "SandboxNotFoundError", "SandboxStateError", "StaleStateError",
-    "UpstreamError", "__version__",
+    "ShuruError", "ShuruWarning", "AccessError", "BootError", "CheckpointError", "ConfigError",
+    "ExecError", "ExecOutputLimitError", "ExecTimeoutError", "GuestFileError",
+    "GuestFileExistsError", "GuestFileNotFoundError", "GuestIsADirectoryError",
+    "GuestNotADirectoryError", "GuestPermissionError", "HostError", "HTTPError", "ImageError",
+    "MountError", "PortError", "ProtocolError", "QMPError", "Refused", "SandboxDiedError",
+    "SandboxNotFoundError", "SandboxStateError", "StaleStateError", "UpstreamError",
+    "__version__",
 ]

@@ -159,6 +159,24 @@ def print_free_ports(sandbox) -> None:
                   file=sys.stderr, flush=True)
 
 
+async def print_mount_changes(sandbox) -> None:
+    """--diff: what the command changed under each read-only mount, on stderr."""
+    from .errors import ShuruError
+
+    for spec in sandbox.mounts:
+        if spec.mode != "ro":
+            continue
+        try:
+            changes = await sandbox.mount_changes(spec.guest)
+        except ShuruError as e:
+            print(f"shuru: cannot read the changes under {spec.guest}: {e}", file=sys.stderr)
+            continue
+        print(f"shuru: changes under {spec.guest} (host {spec.host} is untouched):",
+              file=sys.stderr)
+        for line in str(changes).splitlines():
+            print(f"  {line}", file=sys.stderr)
+
+
 @app.command(cls=CommandLast)
 @handle_errors
 def run(
@@ -195,6 +213,16 @@ def run(
         [], "-p", "--port", help="HOST:GUEST: forward 127.0.0.1:HOST on this machine to port "
                                  "GUEST in the sandbox (no network needed; GUEST alone: a "
                                  "free host port, printed on stderr); repeatable"),
+    mount: List[str] = typer.Option(
+        [], "--mount", help="HOST:GUEST[:ro|:rw]: the host folder HOST at GUEST in the sandbox. "
+                            "ro (default): the sandbox writes into a layer of its own and the "
+                            "host stays untouched (see --diff); rw: writes reach the host, "
+                            "only with --allow-host-writes; repeatable"),
+    allow_host_writes: Optional[bool] = typer.Option(
+        None, "--allow-host-writes", help="Let :rw mounts write to this machine (only folders "
+                                          "inside the current directory)"),
+    diff: bool = typer.Option(False, "--diff", help="At exit, print what the command changed "
+                                                    "under each read-only mount"),
     detach: bool = typer.Option(False, "--detach", "-d",
                                 help="Leave the sandbox running in the background (see "
                                      "`shuru ps`, `exec`, `shell`, `stop`); a command given "
@@ -221,6 +249,12 @@ def run(
         from . import ports
 
         flags["ports"] = ports.parse_flags(port)
+    if mount:
+        from . import mounts
+
+        flags["mounts"] = mounts.parse_flags(mount)
+    if allow_host_writes is not None:
+        flags["allow_host_writes"] = allow_host_writes
     config_file = cfg.find_config_file(config, Path.cwd())
     if detach or name is not None or lifetime is not None or idle_timeout is not None:
         if verbose or console:
@@ -233,10 +267,16 @@ def run(
     resolved = resolve_config(flags, config_file)
     on_exit = print_network_log if verbose else None
     try:
+        extra = {"before_stop": print_mount_changes} if diff else {}
         code = asyncio.run(terminal.run_command(resolved, on_exit=on_exit,
-                                                on_start=print_free_ports))
-    except ConfigError as e:  # a host port in use: say it as the user wrote it (-p)
-        raise (ports.relabel(e) if port else e) from None
+                                                on_start=print_free_ports, **extra))
+    except ConfigError as e:  # a host port in use, a refused mount: say it as the user wrote it
+        if port:
+            e = ports.relabel(e)
+        if mount:
+            e = ConfigError([("--mount" + p[len("mounts"):]) if p.startswith("mounts ") else p
+                             for p in e.problems], source=e.source)
+        raise e from None
     raise typer.Exit(code)
 
 

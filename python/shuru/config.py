@@ -49,6 +49,8 @@ class SandboxConfig:
     network: Mapping[str, Any] = field(default_factory=dict)  # {allow: [...], resolve: {...}}
     secrets: Mapping[str, Any] = field(default_factory=dict)  # {NAME: {from, hosts, in_url}}
     ports: tuple[str, ...] = ()  # forwards, "HOST:GUEST" or "GUEST" (see shuru.ports)
+    mounts: tuple[str, ...] = ()  # host folders, "HOST:GUEST:ro|rw" (see shuru.mounts)
+    allow_host_writes: bool = False  # lets `:rw` mounts write to the host (see shuru.mounts)
 
     def with_(self, **changes) -> "SandboxConfig":
         return replace(self, **changes)
@@ -137,6 +139,12 @@ def _ports(name: str, value: Any) -> list[str]:
     return spec_problems(name, value)
 
 
+def _mounts(name: str, value: Any) -> list[str]:
+    from .mounts import spec_problems
+
+    return spec_problems(name, value)
+
+
 def _relabel(problems: list[str], field_name: str, label: str) -> list[str]:
     if label == field_name:
         return problems
@@ -162,6 +170,8 @@ CHECKS = {
     "network": _network,
     "secrets": _secrets,
     "ports": _ports,
+    "mounts": _mounts,
+    "allow_host_writes": _bool,
 }
 # Config files and flags say `from`; Python cannot use it as a keyword argument.
 ALIASES = {"from": "from_"}
@@ -205,6 +215,10 @@ def validate(values: Mapping[str, Any], *, source: str | None = None,
             from .ports import normalize
 
             value = normalize(value)
+        elif name == "mounts":
+            from .mounts import normalize as normalize_mounts
+
+            value = normalize_mounts(value)
         out[name] = value
     if problems:
         raise ConfigError(problems, source=source)

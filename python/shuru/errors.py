@@ -253,3 +253,7 @@ class PortError(ShuruError):
         self.port = port
         self.code = code
         super().__init__(message, hint=hint)
+
+
+class MountError(ShuruError):
+    """A host folder could not be mounted, or its changes not read or applied."""

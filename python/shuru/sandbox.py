@@ -38,6 +38,12 @@ from .image import current_image, shuru_home
 from .process import DEFAULT_MAX_OUTPUT, ExecResult, Process, run_to_completion, start_stream
 
 
+def cfg_guest_path(path) -> str:
+    from .mounts import check_guest_path
+
+    return check_guest_path(os.fspath(path))
+
+
 class State(str, enum.Enum):
     CREATED = "created"
     STARTING = "starting"
@@ -137,6 +143,7 @@ class AsyncSandbox:
         self._name: str | None = None  # a detached sandbox's name
         self._remote: dict | None = None  # a detached sandbox's info from its supervisor
         self._started = 0.0
+        self._mounts: dict = {}  # guest path -> mounts.ActiveMount
         self.files = Files(self._live_channel, lambda: self.config.workdir)
 
     # ---- lifecycle ---------------------------------------------------------------------
@@ -153,7 +160,10 @@ class AsyncSandbox:
         to boot instead of restoring saved machine state, and the network: `allow_net=True`,
         `network={"allow": [...], "resolve": {...}}`, `secrets={NAME: {"from": HOST_ENV_VAR,
         "hosts": [...]}}`), and forwards `ports=["8080:8000"]` (HOST:GUEST, or GUEST for a
-        free host port; see `expose`); `config` names a config file; `lifetime` stops the
+        free host port; see `expose`), host folders `mounts={"./src": "/app"}` (read-only:
+        the guest writes into a layer of its own, see `mount_changes`; `"/app:rw"` writes
+        through to the host, only with `allow_host_writes=True` and only inside the current
+        directory); `config` names a config file; `lifetime` stops the
         sandbox that many seconds after it started (`timeout`, its old name, still works but
         warns: it read too much like `exec(timeout=)`, a deadline for one command). `command`
         is refused: a sandbox runs what `exec` and `spawn` give it.
@@ -276,6 +286,12 @@ class AsyncSandbox:
 
             self._ports = PortForwards()
             await self._ports.bind_all(self.config.ports)  # a port in use fails before boot
+            from . import mounts
+
+            # Checked before boot: a missing folder or a refused :rw fails at once.
+            mount_specs = mounts.check_host(
+                [mounts.parse_spec(text) for text in self.config.mounts],
+                allow_host_writes=self.config.allow_host_writes)
             backend = default_backend(shuru_home())
             # In a thread: a checkpoint's disk is hashed when it changed since last time.
             spec = self._spec_used = await asyncio.to_thread(self._spec)
@@ -284,6 +300,8 @@ class AsyncSandbox:
             if self._net:
                 await self._net.attach(self._channel, Files(lambda: self._channel))
             self._ports.attach(self._channel)
+            for spec in mount_specs:
+                self._mounts[spec.guest] = await mounts.mount(self._channel, spec)
             self._machine.exited.add_done_callback(self._on_machine_exit)
             self._started = time.time()
             self.state = State.RUNNING
@@ -393,6 +411,8 @@ class AsyncSandbox:
             self._timeout_task.cancel()
         if self._ports:
             await self._ports.close()
+        for active in self._mounts.values():
+            await active.close()
         if self._net:
             await self._net.close()
         if self._channel:
@@ -623,6 +643,29 @@ class AsyncSandbox:
 
             return [Forward(*f) for f in remote.request_blocking(self.name, "ports")]
         return self._ports.forwards if self._ports else []
+
+    # ---- host folders ------------------------------------------------------------------
+
+    async def mount_changes(self, guest_path: str):
+        """What the sandbox changed under the read-only mount at `guest_path`: a `Changes`
+        list of `Change(path, kind, type, size)` (kind added, modified or deleted), read
+        from the mount's writable layer; `await changes.apply(host_dir)` copies them onto
+        a host directory (the mounted folder itself by default)."""
+        from .mounts import MountError, changes
+
+        self._live_channel()
+        try:
+            key = cfg_guest_path(guest_path)
+            active = self._mounts[key]
+        except (KeyError, ValueError, TypeError):
+            raise MountError(f"{guest_path!r} is not a host folder mount of this sandbox "
+                             f"(mounts: {', '.join(self._mounts) or 'none'})") from None
+        return await changes(self, active)
+
+    @property
+    def mounts(self) -> list:
+        """The host folders mounted now: `MountSpec(host, guest, mode)`s."""
+        return [active.spec for active in self._mounts.values()]
 
     @property
     def name(self) -> str | None:

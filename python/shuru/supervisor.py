@@ -84,7 +84,7 @@ def config_to_json(config: cfg.SandboxConfig) -> dict:
 def config_from_json(data: dict) -> cfg.SandboxConfig:
     fields = {f.name for f in dataclasses.fields(cfg.SandboxConfig)}
     values = {k: v for k, v in data.items() if k in fields}
-    for name in ("command", "ports"):
+    for name in ("command", "ports", "mounts"):
         if name in values:
             values[name] = tuple(values[name])
     return cfg.SandboxConfig(**values)

@@ -15,6 +15,7 @@ import threading
 from typing import Any, Callable, Iterator
 
 from .files import Files, Watch
+from .mounts import Changes
 from .process import Process
 from .sandbox import AsyncSandbox, _ClassOrInstance, start_lifetime
 
@@ -52,6 +53,8 @@ def _wrap_result(value: Any, runner: _LoopThread) -> Any:
         return SyncProcess(value, runner)
     if isinstance(value, Watch):
         return SyncWatch(value, runner)
+    if isinstance(value, Changes):
+        return SyncChanges(value, runner)
     return value
 
 
@@ -146,6 +149,22 @@ class SyncFiles(_Proxy):
     """`sandbox.files` with blocking methods; `iter_read` yields chunks."""
 
 
+class SyncChanges(list):
+    """`mount_changes`' list with a blocking `apply(host_dir=None)`."""
+
+    def __init__(self, changes: Changes, runner: _LoopThread):
+        super().__init__(changes)
+        self._async = changes
+        self._runner = runner
+        self.guest, self.host = changes.guest, changes.host
+
+    def apply(self, host_dir=None) -> None:
+        self._runner.run(self._async.apply(host_dir))
+
+    def __str__(self) -> str:
+        return str(self._async)
+
+
 class SyncWatch(_Proxy):
     """A running watch; `stop()` ends it. Callbacks run on the sandbox's loop thread."""
 
@@ -229,6 +248,11 @@ class Sandbox:
     def ports(self) -> list:
         """The forwards listening now; see `AsyncSandbox.ports`."""
         return self._runner.run(_call(lambda: self._async.ports))
+
+    @property
+    def mounts(self) -> list:
+        """The host folders mounted now; see `AsyncSandbox.mounts`."""
+        return self._runner.run(_call(lambda: self._async.mounts))
 
     @_ClassOrInstance
     def connect(self, guest_port: int):

@@ -43,10 +43,12 @@ class _ConsoleSink:
             pass
 
 
-async def run_command(config: SandboxConfig, on_exit=None, on_start=None) -> int:
+async def run_command(config: SandboxConfig, on_exit=None, on_start=None,
+                      before_stop=None) -> int:
     """Run the config's command; `on_start(sandbox)` runs once it is up (the free host ports
-    forwards got are printed there), `on_exit(sandbox)` after it, whatever happened
-    (`--verbose` prints the network log there)."""
+    forwards got are printed there), `await before_stop(sandbox)` once the command ended
+    while the sandbox still runs (`--diff` reads the mounts' changes there), `on_exit(sandbox)`
+    after it, whatever happened (`--verbose` prints the network log there)."""
     interactive = os.isatty(0)
     sink = _ConsoleSink() if config.console else None
     sandbox = AsyncSandbox(config, on_console=sink)
@@ -54,9 +56,13 @@ async def run_command(config: SandboxConfig, on_exit=None, on_start=None) -> int
         async with sandbox:
             if on_start is not None:
                 on_start(sandbox)
-            if interactive:
-                return await _interactive(sandbox, list(config.command))
-            return await run_piped(sandbox, list(config.command))
+            try:
+                if interactive:
+                    return await _interactive(sandbox, list(config.command))
+                return await run_piped(sandbox, list(config.command))
+            finally:
+                if before_stop is not None:
+                    await before_stop(sandbox)
     finally:
         if sink is not None:
             sink.close()
