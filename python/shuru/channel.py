@@ -203,7 +203,10 @@ class Stream:
             with contextlib.suppress(SandboxDiedError):
                 await self.send("credit", fd=fd, n=grant)
 
-    def _deliver(self, msg: dict) -> None:
+    def _count_guest_data(self, msg: dict) -> None:
+        """The one check of what the guest sends a stream: `data` and `eof` only on stdout
+        and stderr, and `data` only within the window the host granted, whose bytes are
+        then counted as received. ProtocolError when the guest breaks either rule."""
         t = msg["t"]
         if t in ("data", "eof") and msg["fd"] not in GUEST_FDS:
             raise ProtocolError(f"guest sent {t} on fd {msg['fd']} of stream {self.id}: only "
@@ -216,8 +219,13 @@ class Stream:
                     f"guest sent {outstanding} bytes on stream {self.id} fd {fd}, "
                     f"beyond the {wire.WINDOW}-byte window it was granted")
             self._received[fd] = outstanding
+
+    def _deliver(self, msg: dict) -> None:
+        t = msg["t"]
+        self._count_guest_data(msg)
+        if t == "data":
             if self.discarding:
-                self._grant_now(fd)
+                self._grant_now(msg["fd"])
                 return
         elif t == "credit":
             if msg["fd"] != 0:

@@ -108,19 +108,9 @@ class RelayStream(Stream):
 
     def _deliver(self, msg: dict) -> None:
         t = msg["t"]
-        if t in ("data", "eof") and msg["fd"] not in GUEST_FDS:
-            raise ProtocolError(f"guest sent {t} on fd {msg['fd']} of stream {self.id}: only "
-                                "stdout (1) and stderr (2) carry data to the host")
-        if t == "data":
-            fd = msg["fd"]
-            outstanding = self._received.get(fd, 0) + len(msg["d"])
-            if outstanding > wire.WINDOW:
-                raise ProtocolError(
-                    f"guest sent {outstanding} bytes on stream {self.id} fd {fd}, "
-                    f"beyond the {wire.WINDOW}-byte window it was granted")
-            self._received[fd] = outstanding
-            if self.orphaned:
-                self._grant_now(fd)
+        self._count_guest_data(msg)  # the window the client granted, checked as Stream does
+        if t == "data" and self.orphaned:
+            self._grant_now(msg["fd"])
         if not self.orphaned:
             self.relay.to_client(dict(msg, s=self.client_id))
         if t in _ENDS.get(self.kind, _DEFAULT_ENDS):
