@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 from shuru import AsyncSandbox
-from shuru import accel as accel_mod
-from shuru.backends.qemu import find_qemu, host_tsc_khz, kernel_cmdline
-from shuru.cpio import Entry, archive
-from shuru.image import current_image, shuru_home
+from shuru.backends.qemu import accel as accel_mod
+from shuru.backends.qemu.machine import find_qemu, host_tsc_khz, kernel_cmdline
+from shuru.image.cpio import Entry, archive
+from shuru.image.store import current_image, shuru_home
 
 MARKER = b"SHURU-FLOOR-READY"
 

@@ -17,7 +17,8 @@ import time
 import uuid
 import warnings
 
-from shuru import AsyncSandbox, ShuruWarning, snapshots
+from shuru import AsyncSandbox, ShuruWarning
+from shuru.launch import states
 from shuru import checkpoints as ck
 
 from start import start_to_exec  # bench/ is the script's directory, so on sys.path
@@ -62,7 +63,7 @@ async def main(runs: int, forks: int) -> None:
         show(f"fan-out of {forks} right after checkpoint()", *await fan_out(ready, forks))
 
         cp, _ = await make(bare)
-        snapshots.discard(snapshots.Layer.of_checkpoint(cp).states_dir)
+        states.discard(states.Layer.of_checkpoint(cp).states_dir)
         show(f"fan-out of {forks}, checkpoint without a saved state (before)",
              *await fan_out(bare, forks))
 

@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 from shuru import AsyncSandbox
-from shuru import accel as accel_mod
-from shuru.backends.qemu import find_qemu, find_qemu_img, host_tsc_khz, kernel_cmdline
-from shuru.image import current_image, shuru_home
+from shuru.backends.qemu import accel as accel_mod
+from shuru.backends.qemu.machine import find_qemu, find_qemu_img, host_tsc_khz, kernel_cmdline
+from shuru.image.store import current_image, shuru_home
 
 MIB = 1024 * 1024
 SIZE = 100 * MIB

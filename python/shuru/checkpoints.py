@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import CheckpointError
-from .image import Image, images_dir, load as load_image, sha256_file, shuru_home
+from .image.store import Image, images_dir, load as load_image, sha256_file, shuru_home
 
 FORMAT = 1
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")

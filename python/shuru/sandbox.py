@@ -8,10 +8,10 @@ proxy, created before boot and attached after the handshake. The sync `Sandbox` 
 `sync.py`) drives this same class on a private loop thread.
 
 A detached sandbox (`start(detach=True)`, `attach(name)`) is this same class with its VM in a
-supervisor process (`shuru.supervisor`): its channel is a relay over the supervisor's socket,
+supervisor process (`shuru.named.supervisor`): its channel is a relay over the supervisor's socket,
 so exec, spawn, files, watch and `connect` work unchanged, and what the VM's owner must do
 (stop, checkpoint, pause, expose, lifetimes) goes to the supervisor as a request
-(`shuru.remote`). Such an object only holds a connection: closing it (`disconnect`, or the end
+(`shuru.named.remote`). Such an object only holds a connection: closing it (`disconnect`, or the end
 of `async with`) leaves the sandbox running; `stop()` ends it.
 """
 
@@ -27,14 +27,15 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from . import checkpoints, faststart, metrics as metrics_mod, snapshots
+from . import checkpoints, metrics as metrics_mod
+from .launch import faststart, states
 from . import config as cfg
 from .backends.base import MachineSpec
 from .backends.select import default_backend
 from .channel import Channel
 from .errors import SandboxDiedError, SandboxStateError, ShuruError
 from .files import Files, Watch, start_watch
-from .image import current_image, shuru_home
+from .image.store import current_image, shuru_home
 from .process import DEFAULT_MAX_OUTPUT, ExecResult, Process, run_to_completion, start_stream
 
 
@@ -135,7 +136,7 @@ class AsyncSandbox:
         self._timeout_task: asyncio.Task | None = None
         self._image = None  # the guest image the disk stands on (None with custom boot files)
         self._parent: checkpoints.Checkpoint | None = None
-        self._layer: snapshots.Layer | None = None  # the disk layer saved states belong to
+        self._layer: states.Layer | None = None  # the disk layer saved states belong to
         self._spec_used: MachineSpec | None = None
         self._disk_size = self.config.disk_size
         self._net = None  # guestnet.NetworkSession with allow_net
@@ -198,8 +199,8 @@ class AsyncSandbox:
     async def _start_detached(cls, config: cfg.SandboxConfig, name: str | None,
                               lifetime: float | None, idle_timeout: float | None,
                               bound: bool = False):
-        from . import registry, remote
-        from .supervisor import config_to_json
+        from .named import registry, remote
+        from .named.supervisor import config_to_json
 
         name = registry.check_name(name) if name is not None else registry.new_name()
         await remote.spawn({"name": name, "config": config_to_json(config),
@@ -213,9 +214,9 @@ class AsyncSandbox:
         whole API (exec, spawn, files, watch, connect, checkpoint, pause, stop...). Several
         clients may be attached at once. SandboxNotFoundError if none has that name,
         AccessError if it belongs to another user."""
-        from . import registry, remote
+        from .named import registry, remote
         from .ports import PortForwards
-        from .supervisor import config_from_json
+        from .named.supervisor import config_from_json
 
         registry.check_name(name)
         info, channel = await remote.open_channel(name)
@@ -234,12 +235,12 @@ class AsyncSandbox:
         """The user's detached sandboxes: {name, id, state (running, paused, or dead: its
         supervisor crashed, see `shuru prune`), started, from, cpus, memory, ports,
         owner_pid, supervisor_pid, ...}."""
-        from . import registry
+        from .named import registry
 
         return await asyncio.to_thread(registry.list_records)
 
     async def _request(self, op: str, **args):
-        from . import remote
+        from .named import remote
 
         return await remote.request(self.name, op, **args)
 
@@ -257,7 +258,7 @@ class AsyncSandbox:
             rootfs, fmt, base_mb = cp.disk, "qcow2", cp.virtual_size_mb
             disk_size = max(disk_size, base_mb)
             if not (c.kernel or c.initrd):
-                self._layer = snapshots.Layer.of_checkpoint(cp)
+                self._layer = states.Layer.of_checkpoint(cp)
         elif c.kernel and c.rootfs:
             kernel, rootfs, initrd = Path(c.kernel), Path(c.rootfs), c.initrd
         else:
@@ -266,7 +267,7 @@ class AsyncSandbox:
             rootfs = Path(c.rootfs) if c.rootfs else self._image.rootfs
             initrd = c.initrd or self._image.initrd
             if not (c.kernel or c.rootfs or c.initrd):
-                self._layer = snapshots.Layer.of_image(self._image)
+                self._layer = states.Layer.of_image(self._image)
         self._disk_size = disk_size
         return MachineSpec(kernel=kernel, initrd=Path(initrd) if initrd else None,
                            rootfs=rootfs, cpus=c.cpus, memory=c.memory,
@@ -279,7 +280,7 @@ class AsyncSandbox:
         self.state = State.STARTING
         try:
             if self.config.allow_net:
-                from .guestnet import NetworkSession
+                from .net.session import NetworkSession
 
                 self._net = NetworkSession(self.config.network, self.config.secrets)
             from .ports import PortForwards
@@ -328,7 +329,7 @@ class AsyncSandbox:
             self._require(State.RUNNING)
             self.state = State.STOPPING
             try:
-                from . import registry
+                from .named import registry
 
                 saved = await self._request("checkpoint", name=name, overwrite=overwrite)
                 await asyncio.to_thread(registry.slot(self.name).wait_gone, 60)
@@ -371,7 +372,7 @@ class AsyncSandbox:
                                        rootfs_size_mb=cp.virtual_size_mb,
                                        disk_size=cp.virtual_size_mb)
             await faststart.prepare(default_backend(shuru_home()), spec,
-                                    snapshots.Layer.of_checkpoint(cp), self._on_console)
+                                    states.Layer.of_checkpoint(cp), self._on_console)
         return cp
 
     async def stop(self) -> None:
@@ -381,7 +382,7 @@ class AsyncSandbox:
         self.state = State.STOPPING
         try:
             if self._remote is not None:
-                from . import registry
+                from .named import registry
                 from .errors import SandboxNotFoundError
 
                 try:
@@ -517,7 +518,7 @@ class AsyncSandbox:
         ({time, event, host, ip, port, reason?, secrets?, bytes_up?, bytes_down?}); secret
         names only, never values. Empty without allow_net."""
         if self._remote is not None:
-            from . import remote
+            from .named import remote
 
             return remote.request_blocking(self.name, "network_log")
         return self._net.log() if self._net else []
@@ -638,7 +639,7 @@ class AsyncSandbox:
     def ports(self) -> list:
         """The forwards listening now: `Forward(host, host_port, guest_port)`s."""
         if self._remote is not None and self.state in (State.RUNNING, State.PAUSED):
-            from . import remote
+            from .named import remote
             from .ports import Forward
 
             return [Forward(*f) for f in remote.request_blocking(self.name, "ports")]
@@ -688,7 +689,7 @@ class AsyncSandbox:
 
     def console_tail(self, lines: int = 40) -> str:
         if self._remote is not None:
-            from . import remote
+            from .named import remote
 
             with contextlib.suppress(ShuruError):
                 return remote.request_blocking(self.name, "console_tail", lines=lines)

@@ -213,7 +213,7 @@ class Sandbox:
     @staticmethod
     def list() -> list[dict]:
         """The user's detached sandboxes; see `AsyncSandbox.list`."""
-        from . import registry
+        from .named import registry
 
         return registry.list_records()
 

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from shuru import checkpoints as ck
-from shuru.image import Image, sha256_file
+from shuru.image.store import Image, sha256_file
 
 
 @pytest.fixture

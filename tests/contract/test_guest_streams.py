@@ -11,7 +11,7 @@ import pytest
 from shuru import channel as channel_mod
 from shuru.channel import Channel
 from shuru.errors import ProtocolError
-from shuru.guestnet import NetworkSession
+from shuru.net.session import NetworkSession
 from shuru_guest import wire
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from shuru import AsyncSandbox
-from shuru.backends import helper as helper_mod
+from shuru.backends.helper import machine as helper_mod
 from shuru.errors import BootError, HostError, ProtocolError, SandboxDiedError, ShuruError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -314,7 +314,7 @@ class HelperAgent:
 @pytest.fixture
 async def agent(helper_env, boot_files, tmp_path):
     from shuru.backends.base import MachineSpec
-    from shuru.backends.helper import HelperBackend
+    from shuru.backends.helper.machine import HelperBackend
     from shuru.channel import Channel
 
     spec = MachineSpec(kernel=Path(boot_files["kernel"]), initrd=None,

@@ -14,7 +14,7 @@ from shuru.channel import Channel
 from shuru.errors import SandboxDiedError
 from shuru.files import Files
 from shuru.process import run_to_completion, start_stream
-from shuru.supervisor import Relay
+from shuru.named.supervisor import Relay
 from shuru_guest import wire
 
 from ..conftest import AgentProcess

@@ -26,7 +26,7 @@ def pytest_collection_modifyitems(items):
 
 @pytest.fixture(scope="session")
 def image():
-    from shuru.build import build_image
+    from shuru.image.build import build_image
 
     return build_image()
 

@@ -9,7 +9,8 @@ import warnings
 
 import pytest
 
-from shuru import AsyncSandbox, snapshots
+from shuru import AsyncSandbox
+from shuru.launch import states
 from shuru import checkpoints as ck
 
 from .conftest import shuru
@@ -40,7 +41,7 @@ async def test_fan_out_isolated_forks_and_an_unchanged_checkpoint(names):
     assert cp.parent is None and cp.manifest["image_id"]
     before = dict(cp.manifest["disk"])
     # checkpoint() left the machine state its forks restore: none of them boots cold.
-    saved = snapshots.list_layer(snapshots.Layer.of_checkpoint(cp))
+    saved = states.list_layer(states.Layer.of_checkpoint(cp))
     assert len(saved) == 1
 
     async def fork(i: int) -> str:

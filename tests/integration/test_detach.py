@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from shuru import AccessError, AsyncSandbox, Sandbox, SandboxStateError, ShuruError, registry
-from shuru.remote import raise_reply
+from shuru import AccessError, AsyncSandbox, Sandbox, SandboxStateError, ShuruError
+from shuru.named import registry
+from shuru.named.remote import raise_reply
 
 from .conftest import shuru
 from .test_run import _children_named, _wait_gone

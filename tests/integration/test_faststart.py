@@ -11,27 +11,28 @@ import uuid
 
 import pytest
 
-from shuru import AsyncSandbox, ShuruWarning, snapshots
+from shuru import AsyncSandbox, ShuruWarning
+from shuru.launch import states
 from shuru import checkpoints as ck
-from shuru.image import current_image
+from shuru.image.store import current_image
 
 from .conftest import shuru
 
 pytestmark = [pytest.mark.usefixtures("image")]
 
 
-def image_states(memory: int, cpus: int = 2) -> list[snapshots.SavedState]:
-    layer = snapshots.Layer.of_image(current_image())
-    return [st for st in snapshots.list_layer(layer)
+def image_states(memory: int, cpus: int = 2) -> list[states.SavedState]:
+    layer = states.Layer.of_image(current_image())
+    return [st for st in states.list_layer(layer)
             if st.manifest["identity"]["memory"] == memory
             and st.manifest["identity"]["cpus"] == cpus]
 
 
 def forget(*memories: int) -> None:
     """Start from no saved state for these sizes (the data dir outlives test runs)."""
-    for st in snapshots.list_layer(snapshots.Layer.of_image(current_image())):
+    for st in states.list_layer(states.Layer.of_image(current_image())):
         if st.manifest["identity"]["memory"] in memories:
-            snapshots.discard(st.path)
+            states.discard(st.path)
 
 
 async def stop_all(*sandboxes):
@@ -142,8 +143,8 @@ async def test_checkpoints_get_states_and_a_restored_sandbox_checkpoints_cleanly
             assert [o.stdout for o in outs] == ["v1\n", "v1\n"]
         finally:
             await stop_all(*forks)
-        states = snapshots.list_layer(snapshots.Layer.of_checkpoint(ck.load(name)))
-        assert len(states) == 1 and states[0].path.parent == cp.path / "states"
+        saved = states.list_layer(states.Layer.of_checkpoint(ck.load(name)))
+        assert len(saved) == 1 and saved[0].path.parent == cp.path / "states"
         ck.load(name)  # still intact: states never change the checkpoint's disk
     finally:
         if (ck.checkpoints_dir() / name).exists():

@@ -9,8 +9,9 @@ import subprocess
 
 import pytest
 
-from shuru import AsyncSandbox, snapshots
-from shuru.image import current_image, shuru_home
+from shuru import AsyncSandbox
+from shuru.launch import states
+from shuru.image.store import current_image, shuru_home
 
 from .conftest import SHURU, shuru
 
@@ -18,7 +19,7 @@ pytestmark = [pytest.mark.usefixtures("image")]
 
 
 def image_states() -> set:
-    return {st.path for st in snapshots.list_layer(snapshots.Layer.of_image(current_image()))}
+    return {st.path for st in states.list_layer(states.Layer.of_image(current_image()))}
 
 
 @pytest.mark.parametrize("kind", ["owner", "mode", "symlink"])
@@ -46,7 +47,7 @@ def test_a_runtime_root_another_user_could_control_is_refused(tmp_path, kind):
     env = {k: v for k, v in os.environ.items()
            if k not in ("SHURU_RUNTIME_DIR", "XDG_RUNTIME_DIR")}
     env.update(TMPDIR=str(tmpdir), SHURU_QEMU=str(qemu))
-    states = image_states()
+    before = image_states()
     r = subprocess.run([SHURU, "run", "--accel", "tcg", "--", "true"], env=env,
                        capture_output=True, stdin=subprocess.DEVNULL, timeout=300)
     err = r.stderr.decode()
@@ -59,7 +60,7 @@ def test_a_runtime_root_another_user_could_control_is_refused(tmp_path, kind):
     assert "SHURU_RUNTIME_DIR" in err
     assert not runs.exists()  # no VM was started
     assert list(root.iterdir()) == []  # nothing was put where the other user can reach
-    assert image_states() == states  # and a host problem costs no saved state
+    assert image_states() == before  # and a host problem costs no saved state
 
 
 async def test_the_overlay_lives_on_disk_under_the_data_dir_and_goes_with_the_sandbox(

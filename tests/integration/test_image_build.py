@@ -11,10 +11,17 @@ import time
 
 import pytest
 
-from shuru.build import build_image, recipe_lines
+from shuru.image.build import build_image, recipe_lines
 from shuru.errors import ShuruError
-from shuru.image import (agent_files, agent_fingerprint, current_image, images_dir,
-                         recipe_files, recipe_fingerprint, verify)
+from shuru.image.store import (
+    agent_files,
+    agent_fingerprint,
+    current_image,
+    images_dir,
+    recipe_files,
+    recipe_fingerprint,
+    verify,
+)
 
 pytestmark = pytest.mark.integration
 

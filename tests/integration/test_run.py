@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from shuru.image import shuru_home
+from shuru.image.store import shuru_home
 
 from .conftest import SHURU, shuru
 

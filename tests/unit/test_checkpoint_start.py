@@ -6,7 +6,8 @@ import threading
 
 import pytest
 
-from shuru import AsyncSandbox, ShuruWarning, faststart, snapshots
+from shuru import AsyncSandbox, ShuruWarning
+from shuru.launch import faststart, states
 from shuru import checkpoints as ck
 from shuru.backends.base import Capabilities, MachineSpec
 from shuru.errors import BootError
@@ -39,7 +40,7 @@ class _FailingBackend:
 
 
 async def test_preparing_a_state_that_cannot_be_saved_is_a_warning_not_an_error(tmp_path):
-    layer = snapshots.Layer("checkpoint", "ready", tmp_path, "0" * 64)
+    layer = states.Layer("checkpoint", "ready", tmp_path, "0" * 64)
     spec = MachineSpec(kernel=tmp_path / "k", initrd=None, rootfs=tmp_path / "d", cpus=1,
                        memory=256, disk_size=64)
     with pytest.warns(ShuruWarning, match="could not save a machine state for checkpoint"):

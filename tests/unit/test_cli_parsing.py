@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from shuru import checkpoints, terminal
+from shuru import checkpoints
+from shuru.cli import terminal
 from shuru import sandbox as sandbox_mod
-from shuru.cli import app, command_last
+from shuru.cli.app import app, command_last
 
 
 @pytest.fixture

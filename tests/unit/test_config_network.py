@@ -10,9 +10,9 @@ from typer.testing import CliRunner
 
 from shuru import AsyncSandbox
 from shuru import config as cfg
-from shuru.cli import EXIT_CONFIG, app, network_flags
+from shuru.cli.app import EXIT_CONFIG, app, network_flags
 from shuru.errors import ConfigError
-from shuru.guestnet import format_event, valid_destination
+from shuru.net.session import format_event, valid_destination
 from shuru.sandbox import resolve_config
 
 

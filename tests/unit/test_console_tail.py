@@ -1,7 +1,7 @@
 """What a boot failure shows of the console: the tail, or from the kernel's panic line on."""
 
 
-from shuru.backends.qemu import ConsoleBuffer, QemuMachine
+from shuru.backends.qemu.machine import ConsoleBuffer, QemuMachine
 
 
 def tail_of(text: str, lines: int = 5, chunk: int = 4096) -> str:

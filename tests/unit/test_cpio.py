@@ -2,7 +2,7 @@
 
 import subprocess
 
-from shuru.cpio import Entry, archive
+from shuru.image.cpio import Entry, archive
 
 
 def test_system_cpio_reads_our_archive(tmp_path):

@@ -12,7 +12,8 @@ import pytest
 
 from shuru import AccessError, AsyncSandbox, ConfigError, SandboxNotFoundError, ShuruError
 from shuru import config as cfg
-from shuru import metrics, registry, remote, supervisor
+from shuru import metrics
+from shuru.named import registry, remote, supervisor
 
 
 @pytest.fixture
@@ -165,7 +166,7 @@ def test_a_start_that_fails_in_the_supervisor_raises_its_error_here(root, tmp_pa
 
 
 def test_a_bound_sandbox_needs_a_live_owner():
-    from shuru.supervisor import owner_pidfd
+    from shuru.named.supervisor import owner_pidfd
 
     fd = owner_pidfd(os.getpid())
     os.close(fd)

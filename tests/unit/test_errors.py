@@ -40,7 +40,9 @@ def test_every_error_class_is_defined_in_errors_and_exported():
 
 
 def test_old_import_locations_still_work():
-    from shuru import checkpoints, qmp, snapshots
+    from shuru import checkpoints
+    from shuru.backends.qemu import qmp
+    from shuru.launch import states as snapshots
     from shuru.net import http, upstream
 
     assert checkpoints.CheckpointError is shuru.CheckpointError

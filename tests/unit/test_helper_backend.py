@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from shuru.backends import helper
-from shuru.backends import helper_protocol as hp
+from shuru.backends.helper import machine as helper
+from shuru.backends.helper import protocol as hp
 from shuru.backends.base import MachineSpec
 from shuru.backends.select import default_backend
 from shuru.errors import ConfigError, HostError

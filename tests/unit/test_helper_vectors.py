@@ -6,7 +6,7 @@ import pytest
 
 from tests import vectors
 
-from shuru.backends import helper_protocol as hp
+from shuru.backends.helper import protocol as hp
 from shuru_guest.wire import WireError
 
 VECTORS = vectors.load("helper")

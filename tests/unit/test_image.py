@@ -12,14 +12,34 @@ from pathlib import Path
 
 import pytest
 
-from shuru import build
-from shuru.build import (apt_sources, build_image, host_mirror, initramfs, mmdebstrap_argv,
-                         module_name, mounts_under, pick_mirror, recipe_lines, resolve_modules,
-                         rootfs_size_mb)
+from shuru.image import build
+from shuru.image.build import (
+    apt_sources,
+    build_image,
+    host_mirror,
+    initramfs,
+    mmdebstrap_argv,
+    module_name,
+    mounts_under,
+    pick_mirror,
+    recipe_lines,
+    resolve_modules,
+    rootfs_size_mb,
+)
 from shuru.errors import ImageError, ShuruError
-from shuru.image import (FILES, agent_files, agent_fingerprint, current_image, image_id,
-                         image_status, is_current, recipe_files, recipe_fingerprint, stale_reason,
-                         verify)
+from shuru.image.store import (
+    FILES,
+    agent_files,
+    agent_fingerprint,
+    current_image,
+    image_id,
+    image_status,
+    is_current,
+    recipe_files,
+    recipe_fingerprint,
+    stale_reason,
+    verify,
+)
 
 # ---- kernel modules ---------------------------------------------------------------------
 

@@ -103,7 +103,7 @@ async def test_errors_come_back_as_tool_errors_and_the_server_goes_on():
 def test_the_cli_refuses_an_offered_secret_whose_variable_is_unset(monkeypatch):
     from typer.testing import CliRunner
 
-    from shuru.cli import app
+    from shuru.cli.app import app
 
     monkeypatch.delenv("SHURU_TEST_UNSET_KEY", raising=False)
     result = CliRunner().invoke(app, ["mcp", "--secret",
@@ -128,7 +128,7 @@ def test_without_the_extra_the_cli_says_what_to_install(monkeypatch):
 
     from typer.testing import CliRunner
 
-    from shuru.cli import app
+    from shuru.cli.app import app
 
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from shuru import AsyncSandbox, PortError
 from shuru import config as cfg
-from shuru.cli import EXIT_CONFIG, app
+from shuru.cli.app import EXIT_CONFIG, app
 from shuru.errors import ConfigError
 from shuru.ports import parse_flags, parse_spec, spec_problems
 

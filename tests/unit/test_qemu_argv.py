@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
-from shuru.accel import Accel
+from shuru.backends.qemu.accel import Accel
 from shuru.backends.base import MachineSpec
-from shuru.backends.qemu import RunPaths, build_argv, host_tsc_khz, kernel_cmdline
+from shuru.backends.qemu.machine import RunPaths, build_argv, host_tsc_khz, kernel_cmdline
 
 SPEC = MachineSpec(kernel=Path("/img/vmlinuz"), initrd=Path("/img/initrd.img"),
                    rootfs=Path("/img/rootfs.img"), cpus=3, memory=1536, disk_size=4096)

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from shuru.errors import HostError
-from shuru.runtime import RunDir, disk_root, private_dir, root_problem, sweep
+from shuru.backends.rundir import RunDir, disk_root, private_dir, root_problem, sweep
 
 
 def test_owned_dir_survives_sweep_and_close_removes_it(tmp_path):
@@ -22,7 +22,7 @@ def test_owned_dir_survives_sweep_and_close_removes_it(tmp_path):
 
 def test_dir_of_a_dead_owner_is_swept(tmp_path):
     # A child process creates a run dir and dies without cleaning up (as with SIGKILL).
-    code = ("import sys, os; sys.path[:0] = %r; from shuru.runtime import RunDir; "
+    code = ("import sys, os; sys.path[:0] = %r; from shuru.backends.rundir import RunDir; "
             "from pathlib import Path; rd = RunDir.create(Path(%r)); print(rd.path); os._exit(0)"
             % (sys.path, str(tmp_path)))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -121,7 +121,7 @@ def test_sweep_does_not_follow_a_planted_lock_link(tmp_path):
 
 
 def test_doctor_names_an_unsafe_runtime_root_and_its_fix(tmp_path, monkeypatch):
-    from shuru.doctor import check_runtime_dir
+    from shuru.cli.doctor import check_runtime_dir
 
     root = tmp_path / "open"
     root.mkdir()

@@ -17,7 +17,7 @@ class Capabilities:
     snapshot_memory: bool  # can save and restore RAM + device state
     channel: str  # "virtio-serial" or "vsock"
     # starts clones from a saved template VM (`machine_identity`, `start_template`,
-    # `restore`, and machines with `save_state`): see shuru.faststart
+    # `restore`, and machines with `save_state`): see shuru.launch.faststart
     fast_start: bool = False
 
 

@@ -26,11 +26,11 @@ def default_backend(data_dir: Path, environ=os.environ):
         if not linux:
             raise HostError(f"the qemu backend runs on Linux only, not {sys.platform}",
                             hint="unset SHURU_BACKEND to use the default backend")
-        from .qemu import QemuBackend
+        from .qemu.machine import QemuBackend
 
         return QemuBackend(data_dir)
     if choice == "helper":
-        from .helper import HelperBackend
+        from .helper.machine import HelperBackend
 
         return HelperBackend(data_dir, driver="vz" if macos else "process")
     raise HostError(f"SHURU_BACKEND={choice!r} is not a backend; use one of {', '.join(BACKENDS)}")

@@ -1,7 +1,7 @@
 """Byte connections to the guest: the `GuestConn` protocol, one over asyncio streams, and
 TLS terminated on top of any of them.
 
-The real `GuestConn` runs over an agent-channel stream (shuru.guestnet); `StreamGuestConn`
+The real `GuestConn` runs over an agent-channel stream (shuru.net.session); `StreamGuestConn`
 serves tests and anything else that has a socket. `TLSGuestConn` is itself a `GuestConn`,
 so the HTTP rewriter reads plain and intercepted connections alike.
 """

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .errors import HostError
+from ..errors import HostError
 
 
 def runtime_root() -> Path:

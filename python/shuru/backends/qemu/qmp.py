@@ -13,7 +13,7 @@ import itertools
 import json
 from typing import Callable
 
-from .errors import HostError, QMPError
+from ...errors import HostError, QMPError
 
 
 class QMP:

@@ -8,7 +8,7 @@ life: create, start, connect to the agent's port, stop). The agent's socket arri
 descriptor, so the agent channel's bytes never pass through the helper. The helper dies with its
 owner — a parent-death signal where the kernel has one, and on every platform it stops the VM and
 exits when its control socket closes. Every wait has a timeout, and every failure names the binary.
-The protocol itself is `protocol/HELPER.md`; its pure half is `helper_protocol.py`.
+The protocol itself is `protocol/HELPER.md`; its pure half is `protocol.py` beside it.
 """
 
 from __future__ import annotations
@@ -27,16 +27,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..errors import BootError, ConfigError, HostError, ProtocolError, SandboxDiedError, ShuruError
-from ..runtime import RunDir, die_with_parent, disk_root
-from ..sanitize import neutralise
-from . import helper_protocol as hp
-from .base import Capabilities, MachineSpec
+from ...errors import (
+    BootError,
+    ConfigError,
+    HostError,
+    ProtocolError,
+    SandboxDiedError,
+    ShuruError,
+)
+from ..rundir import RunDir, die_with_parent, disk_root
+from ...sanitize import neutralise
+from . import protocol as hp
+from ..base import Capabilities, MachineSpec
 
 AGENT_PORT = 1024
 DEFAULT_AGENT_COMMAND = (sys.executable, "-m", "shuru_guest", "--fd", "{fd}")
 # A source checkout's own build, found when neither SHURU_HELPER nor PATH has a helper.
-CHECKOUT_HELPER = Path(__file__).resolve().parents[3] / "helper/.build/debug/shuru-helper"
+CHECKOUT_HELPER = Path(__file__).resolve().parents[4] / "helper/.build/debug/shuru-helper"
 BUILD_HINT = "build it with `swift build` in helper/ (on macOS also sign it: see helper/README.md)"
 
 READY_TIMEOUT = 10.0  # launch until the helper prints "ready"

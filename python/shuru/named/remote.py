@@ -1,6 +1,6 @@
 """The client half of detached sandboxes: starting a supervisor and talking to one.
 
-`spawn` starts `shuru.supervisor` for a resolved config and waits for its first line (the
+`spawn` starts `shuru.named.supervisor` for a resolved config and waits for its first line (the
 sandbox's info, or the error that stopped its start, raised here as the same ShuruError).
 `request` sends one JSON request to a named sandbox's supervisor and returns the value of its
 answer; `open_channel` asks it to `attach` and returns the info and an agent `Channel` over
@@ -18,9 +18,10 @@ import socket
 import subprocess
 import sys
 
-from . import errors, registry
-from .channel import Channel
-from .errors import AccessError, SandboxNotFoundError, ShuruError
+from .. import errors
+from . import registry
+from ..channel import Channel
+from ..errors import AccessError, SandboxNotFoundError, ShuruError
 
 START_TIMEOUT = float(os.environ.get("SHURU_DETACH_START_TIMEOUT", "300"))
 
@@ -140,7 +141,7 @@ async def spawn(spec: dict) -> dict:
         raise errors.HostError(f"cannot write {s.log}: {e.strerror}") from None
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "shuru.supervisor", str(w)], stdin=subprocess.PIPE,
+            [sys.executable, "-m", "shuru.named.supervisor", str(w)], stdin=subprocess.PIPE,
             stdout=log_fd, stderr=log_fd, pass_fds=(w,), start_new_session=True,
             close_fds=True)
     except OSError as e:

@@ -39,11 +39,25 @@ import tempfile
 from pathlib import Path
 from typing import Iterator, Mapping, Protocol
 
-from . import cpio, snapshots
-from .errors import HostError, ImageError, ShuruError
-from .image import (AGENT_INIT, FILES, FORMAT, Image, agent_files, current_image,
-                    fingerprint, image_id, images_dir, is_current, load, recipe_files,
-                    sha256_file, verify)
+from . import cpio
+from ..launch import states
+from ..errors import HostError, ImageError, ShuruError
+from .store import (
+    AGENT_INIT,
+    FILES,
+    FORMAT,
+    Image,
+    agent_files,
+    current_image,
+    fingerprint,
+    image_id,
+    images_dir,
+    is_current,
+    load,
+    recipe_files,
+    sha256_file,
+    verify,
+)
 
 SUITE = "trixie"
 ARCH = "amd64"
@@ -65,7 +79,7 @@ DEBIAN_SUITES = {"buster", "bullseye", "bookworm", "trixie", "forky", "duke", "s
 
 class Progress(Protocol):
     """How builders report long steps. `fraction` is None while a step's length is unknown
-    and 1.0 when the step is done. `shuru.progress.RichProgress` renders it."""
+    and 1.0 when the step is done. `shuru.cli.progress.RichProgress` renders it."""
 
     def __call__(self, step: str, fraction: float | None = None) -> None: ...
 
@@ -603,7 +617,7 @@ def _install(out: Path, images: Path) -> Path:
     else:
         os.rename(out, final)
     _set_current(images, final)
-    snapshots.drop_other_images(images, keep=final.name)
+    states.drop_other_images(images, keep=final.name)
     with contextlib.suppress(FileNotFoundError):
         (images / FAILED_LOG).unlink()
     return final

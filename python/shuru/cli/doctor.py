@@ -9,8 +9,8 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-from . import accel as accel_mod
-from .errors import ShuruError
+from ..backends.qemu import accel as accel_mod
+from ..errors import ShuruError
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,8 @@ def check_tool(name: str, package: str, purpose: str) -> Check:
 
 
 def check_accel() -> Check:
-    from .backends.qemu import find_qemu
-    from .image import shuru_home
+    from ..backends.qemu.machine import find_qemu
+    from ..image.store import shuru_home
 
     try:
         qemu = find_qemu()
@@ -60,7 +60,7 @@ def check_accel() -> Check:
 
 
 def check_image() -> Check:
-    from .image import image_status
+    from ..image.store import image_status
 
     st = image_status()
     if not st["ok"]:
@@ -75,9 +75,9 @@ def check_image() -> Check:
 
 
 def check_saved_states() -> Check:
-    from . import snapshots
+    from ..launch import states
 
-    rows = snapshots.inventory()
+    rows = states.inventory()
     size = sum(r["size"] for r in rows) // (1024 * 1024)
     detail = (f"{len(rows)} saved machine state(s), {size} MiB on disk; "
               "`shuru image list` shows them" if rows else
@@ -86,7 +86,7 @@ def check_saved_states() -> Check:
 
 
 def check_runtime_dir() -> Check:
-    from .runtime import private_dir, runtime_root
+    from ..backends.rundir import private_dir, runtime_root
 
     root = runtime_root()
     try:

@@ -18,9 +18,9 @@ from typing import List, Optional
 import typer
 from typer.core import TyperArgument, TyperCommand, TyperOption
 
-from . import config as cfg
-from .errors import ConfigError, ShuruError, ShuruWarning
-from .sanitize import neutralise
+from .. import config as cfg
+from ..errors import ConfigError, ShuruError, ShuruWarning
+from ..sanitize import neutralise
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -111,7 +111,7 @@ def cli_layer(**flags) -> dict:
 def network_flags(allow_net: bool | None, allow_hosts: list[str], secrets: list[str]) -> dict:
     """--allow-net, --allow-host (implies --allow-net) and --secret as config fields,
     every malformed value reported with its flag."""
-    from .net import network_problems, parse_secret_flag
+    from ..net import network_problems, parse_secret_flag
 
     out: dict = {}
     problems: list[str] = []
@@ -144,7 +144,7 @@ def network_flags(allow_net: bool | None, allow_hosts: list[str], secrets: list[
 
 def print_network_log(sandbox) -> None:
     """--verbose: the sandbox's network audit log on stderr, one event a line."""
-    from .guestnet import format_event
+    from ..net.session import format_event
 
     for event in sandbox.network_log():
         print(f"shuru: net: {format_event(event)}", file=sys.stderr)
@@ -161,7 +161,7 @@ def print_free_ports(sandbox) -> None:
 
 async def print_mount_changes(sandbox) -> None:
     """--diff: what the command changed under each read-only mount, on stderr."""
-    from .errors import ShuruError
+    from ..errors import ShuruError
 
     for spec in sandbox.mounts:
         if spec.mode != "ro":
@@ -235,7 +235,7 @@ def run(
                                      "exec, file or stream activity"),
 ):
     """Start a fresh sandbox and run a command in it (default: an interactive shell)."""
-    from .sandbox import resolve_config
+    from ..sandbox import resolve_config
     from . import terminal
 
     env_pairs = cfg.parse_env_pairs(env) if env else None
@@ -246,11 +246,11 @@ def run(
     if allow_net is not None or allow_host or secret:
         flags.update(cli_layer(**network_flags(allow_net, allow_host, secret)))
     if port:
-        from . import ports
+        from .. import ports
 
         flags["ports"] = ports.parse_flags(port)
     if mount:
-        from . import mounts
+        from .. import mounts
 
         flags["mounts"] = mounts.parse_flags(mount)
     if allow_host_writes is not None:
@@ -304,8 +304,9 @@ def checkpoint_create(
     secret: List[str] = typer.Option([], "--secret", help="NAME=HOST_ENV_VAR@host1,host2[+in_url]"),
 ):
     """Boot a sandbox, run a command in it, and save its disk as a checkpoint."""
-    from . import checkpoints, terminal
-    from .sandbox import AsyncSandbox, resolve_config
+    from .. import checkpoints
+    from . import terminal
+    from ..sandbox import AsyncSandbox, resolve_config
 
     checkpoints.check_name(name)
     if (checkpoints.checkpoints_dir() / name).exists() and not force:
@@ -341,7 +342,7 @@ def checkpoint_list(as_json: bool = typer.Option(False, "--json", help="Print JS
     """List checkpoints: name, parent, size on disk, created."""
     import json
 
-    from . import checkpoints
+    from .. import checkpoints
 
     rows = [{"name": c.name, "parent": c.parent, "size": c.manifest["disk"]["size"],
              "created": c.manifest.get("created"), "image": c.manifest.get("image_id")}
@@ -363,7 +364,7 @@ def checkpoint_list(as_json: bool = typer.Option(False, "--json", help="Print JS
 @handle_errors
 def checkpoint_delete(name: str = typer.Argument(..., help="Checkpoint to delete")):
     """Delete a checkpoint (refused while other checkpoints stand on it)."""
-    from . import checkpoints
+    from .. import checkpoints
 
     checkpoints.delete(name)
     print(f"checkpoint {name} deleted")
@@ -381,16 +382,16 @@ def image_list(as_json: bool = typer.Option(False, "--json", help="Print JSON"))
     the options it was saved with, its size, whether this QEMU can restore it)."""
     import json
 
-    from . import snapshots
-    from .backends.qemu import find_qemu, qemu_version
-    from .image import image_status
+    from ..launch import states
+    from ..backends.qemu.machine import find_qemu, qemu_version
+    from ..image.store import image_status
 
     try:
         qemu = qemu_version(find_qemu())
     except ShuruError:
         qemu = None
     status = image_status()
-    rows = snapshots.inventory(qemu=qemu)
+    rows = states.inventory(qemu=qemu)
     if as_json:
         print(json.dumps({"image": status, "states": rows}, indent=2))
         return
@@ -416,7 +417,7 @@ def image_list(as_json: bool = typer.Option(False, "--json", help="Print JSON"))
 @handle_errors
 def init(force: bool = typer.Option(False, "--force", help="Rebuild even if the image is current")):
     """Build the guest image (Debian rootfs, kernel, initramfs) into the data dir."""
-    from .build import build_image
+    from ..image.build import build_image
     from .progress import RichProgress
 
     with RichProgress() as progress:
@@ -469,7 +470,7 @@ def mcp(secret: List[str] = typer.Option(
 
     if importlib.util.find_spec("mcp") is None:  # the optional extra is not installed
         raise fail("shuru mcp needs the mcp package: pip install 'shuru[mcp]'")
-    from .integrations.mcp import main as serve
+    from ..integrations.mcp import main as serve
 
     offered = network_flags(None, [], secret).get("secrets", {})
     # Found out now, by whoever set the server up, rather than by a model at its first start.
@@ -484,7 +485,7 @@ def mcp(secret: List[str] = typer.Option(
 @handle_errors
 def version():
     """Print shuru's version."""
-    from . import __version__
+    from .. import __version__
 
     print(__version__)
 
@@ -496,7 +497,7 @@ async def run_detached(config, detach: bool, name: str | None, lifetime: float |
                        idle_timeout: float | None, command: list[str]) -> int:
     """`shuru run --detach`: start the sandbox under a supervisor, start the command (if
     any) in its own session so that it outlives this connection, print the name."""
-    from .sandbox import AsyncSandbox
+    from ..sandbox import AsyncSandbox
 
     if not detach:
         which = "--name" if name is not None else (
@@ -534,7 +535,7 @@ def ps(as_json: bool = typer.Option(False, "--json", help="Print JSON"),
     import json
     import time
 
-    from . import registry, remote
+    from ..named import registry, remote
 
     rows = registry.list_records()
     if stats:
@@ -582,7 +583,7 @@ def exec_(
 ):
     """Run a command in a detached sandbox; exits with its status."""
     from . import terminal
-    from .sandbox import AsyncSandbox
+    from ..sandbox import AsyncSandbox
 
     env_pairs = cfg.parse_env_pairs(env) if env else None
 
@@ -605,7 +606,7 @@ def shell(name: str = typer.Argument(..., help="The named sandbox"),
     import os
 
     from . import terminal
-    from .sandbox import AsyncSandbox
+    from ..sandbox import AsyncSandbox
 
     async def go() -> int:
         sandbox = await AsyncSandbox.attach(name)
@@ -625,7 +626,7 @@ def shell(name: str = typer.Argument(..., help="The named sandbox"),
 def stop(names: Optional[List[str]] = typer.Argument(None, help="Detached sandboxes to stop"),
          all_: bool = typer.Option(False, "--all", help="Stop every detached sandbox of yours")):
     """Stop detached sandboxes (their disks are discarded)."""
-    from . import registry, remote
+    from ..named import registry, remote
 
     if all_:
         names = [r["name"] for r in registry.list_records() if r.get("state") != "dead"]
@@ -647,7 +648,7 @@ def stop(names: Optional[List[str]] = typer.Argument(None, help="Detached sandbo
 @handle_errors
 def pause(name: str = typer.Argument(..., help="The detached sandbox")):
     """Stop a detached sandbox's CPUs, keeping its memory (`shuru resume` runs it again)."""
-    from . import remote
+    from ..named import remote
 
     asyncio.run(remote.request(name, "pause"))
 
@@ -656,7 +657,7 @@ def pause(name: str = typer.Argument(..., help="The detached sandbox")):
 @handle_errors
 def resume(name: str = typer.Argument(..., help="The detached sandbox")):
     """Run a paused detached sandbox again."""
-    from . import remote
+    from ..named import remote
 
     asyncio.run(remote.request(name, "resume"))
 
@@ -665,7 +666,7 @@ def resume(name: str = typer.Argument(..., help="The detached sandbox")):
 @handle_errors
 def prune():
     """Remove what crashed supervisors left (records, sockets, run directories)."""
-    from . import registry
+    from ..named import registry
 
     for n in registry.prune():
         print(f"pruned {n}")

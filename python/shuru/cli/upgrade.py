@@ -14,7 +14,7 @@ import subprocess
 import sys
 from importlib import metadata
 
-from .errors import ShuruError
+from ..errors import ShuruError
 
 PACKAGE = "shuru"
 

@@ -12,7 +12,7 @@ the sha256 and size of each file: `verify` checks sizes (fast, on every start) o
 
 The agent and the recipe are baked into the image, so the manifest also records their
 fingerprints; `is_current` tells whether this installation of shuru would build the same
-thing, and `shuru init` rebuilds when it would not. `shuru.build` writes images; this module
+thing, and `shuru init` rebuilds when it would not. `shuru.image.build` writes images; this module
 only reads them.
 """
 
@@ -26,7 +26,7 @@ from importlib import resources
 from importlib.abc import Traversable
 from pathlib import Path
 
-from .errors import ImageError
+from ..errors import ImageError
 
 FORMAT = 1
 FILES = ("vmlinuz", "initrd.img", "rootfs.img")

@@ -15,7 +15,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import HostError, ShuruWarning
+from ...errors import HostError, ShuruWarning
 
 _warned = False
 

@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .. import accel as accel_mod
-from ..errors import BootError, HostError
-from ..qmp import QMP
-from ..runtime import RunDir, die_with_parent, disk_root
-from ..sanitize import neutralise
-from .base import Capabilities, MachineSpec
+from . import accel as accel_mod
+from ...errors import BootError, HostError
+from .qmp import QMP
+from ..rundir import RunDir, die_with_parent, disk_root
+from ...sanitize import neutralise
+from ..base import Capabilities, MachineSpec
 
 AGENT_PORT = "org.shuru.agent"
 # Measured under TCG (see QEMU-NOTES): each of these shaves boot time; tsc_early_khz is what

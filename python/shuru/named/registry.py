@@ -1,6 +1,6 @@
 """The registry of detached sandboxes: one slot per name in the user's runtime directory.
 
-A detached sandbox is owned by a supervisor process (`shuru.supervisor`), not by the program
+A detached sandbox is owned by a supervisor process (`shuru.named.supervisor`), not by the program
 that started it. Its slot is four files in `<runtime root>/named/` (the runtime root is
 private to the user: 0700, no symlink, see `runtime.private_dir`):
 
@@ -9,7 +9,7 @@ private to the user: 0700, no symlink, see `runtime.private_dir`):
   crashed supervisor left behind (`ps` shows it as `dead`, `prune` removes it).
 * `NAME.json`: the record `ps` lists (name, id, state, started, from, cpus, memory, ports,
   owner pid, supervisor pid, lifetimes), rewritten atomically when the state changes.
-* `NAME.sock`: the supervisor's socket (clients attach there; see `shuru.remote`).
+* `NAME.sock`: the supervisor's socket (clients attach there; see `shuru.named.remote`).
 * `NAME.log`: the supervisor's stderr (start-up warnings, why it stopped).
 
 The supervisor takes the lock before it writes anything and removes the record and socket
@@ -28,8 +28,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import runtime
-from .errors import ConfigError, ShuruError
+from ..backends import rundir as runtime
+from ..errors import ConfigError, ShuruError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 SUFFIXES = (".json", ".sock", ".log", ".lock")
@@ -237,7 +237,7 @@ def prune(root: Path | None = None) -> list[str]:
                 os.close(fd)
     runtime.sweep(d.parent)  # the run directories (sockets) of their QEMUs
     with contextlib.suppress(OSError):
-        from .image import shuru_home
+        from ..image.store import shuru_home
 
         disks = runtime.disk_root(shuru_home())
         if disks.is_dir():

@@ -1,9 +1,9 @@
 """The supervisor of a detached sandbox: the process that owns its VM instead of the caller.
 
-`AsyncSandbox.start(detach=True)` (through `shuru.remote.spawn`) runs
-`python -m shuru.supervisor READY_FD` in a session of its own, with the sandbox's spec as
+`AsyncSandbox.start(detach=True)` (through `shuru.named.remote.spawn`) runs
+`python -m shuru.named.supervisor READY_FD` in a session of its own, with the sandbox's spec as
 JSON on stdin; it forks once more so that nobody has to wait for it (no zombie in the
-creator), takes the name in the registry (`shuru.registry`), starts an ordinary
+creator), takes the name in the registry (`shuru.named.registry`), starts an ordinary
 `AsyncSandbox` (so QEMU dies with the supervisor through PDEATHSIG, as it dies with any
 owner), listens on the slot's socket, and writes one JSON line on READY_FD: the sandbox's
 info, or the error that stopped it.
@@ -40,10 +40,11 @@ import traceback
 
 from shuru_guest import wire
 
-from . import errors, registry
-from . import config as cfg
-from .channel import GUEST_FDS, Channel, Stream
-from .errors import ProtocolError, ShuruError
+from .. import errors
+from . import registry
+from .. import config as cfg
+from ..channel import GUEST_FDS, Channel, Stream
+from ..errors import ProtocolError, ShuruError
 
 # Per-client cap on what waits to be written to it: a client that stops reading its socket
 # is cut off before this much piles up in the supervisor.
@@ -420,7 +421,7 @@ class Supervisor:
 
 
 async def serve(spec: dict, ready_fd: int) -> int:
-    from .sandbox import AsyncSandbox
+    from ..sandbox import AsyncSandbox
 
     def report(message: dict) -> None:
         nonlocal ready_fd

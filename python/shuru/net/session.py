@@ -18,8 +18,8 @@ import logging
 import os
 from typing import Mapping
 
-from .channel import Channel, GuestStream
-from .errors import BootError, ConfigError, ProtocolError, SandboxDiedError
+from ..channel import Channel, GuestStream
+from ..errors import BootError, ConfigError, ProtocolError, SandboxDiedError
 
 log = logging.getLogger("shuru.net")
 
@@ -59,7 +59,7 @@ class NetworkSession:
 
     def __init__(self, network: Mapping, secrets: Mapping, *,
                  environ: Mapping[str, str] = os.environ):
-        from . import net
+        from .. import net
 
         self._net = net
         # Built before the VM boots: a secret whose host variable is missing is a

@@ -27,11 +27,12 @@ import time
 import warnings
 from typing import Callable
 
-from . import runtime, snapshots
-from .backends.base import MachineSpec
-from .channel import Channel
-from .errors import BootError, SandboxDiedError, ShuruError, ShuruWarning
-from .process import run_to_completion
+from ..backends import rundir as runtime
+from . import states
+from ..backends.base import MachineSpec
+from ..channel import Channel
+from ..errors import BootError, SandboxDiedError, ShuruError, ShuruWarning
+from ..process import run_to_completion
 
 BOOT_TIMEOUT = float(os.environ.get("SHURU_BOOT_TIMEOUT", "90"))
 # A restored agent answers within a fraction of a second; one that does not within this is
@@ -81,7 +82,7 @@ async def cold_start(backend, spec: MachineSpec, on_console) -> tuple[object, Ch
         raise
 
 
-async def restore(backend, spec: MachineSpec, state: snapshots.SavedState,
+async def restore(backend, spec: MachineSpec, state: states.SavedState,
                   on_console) -> tuple[object, Channel]:
     machine = await backend.restore(spec, disk=state.disk, ram=state.ram, state=state.state,
                                     cmdline=state.cmdline, on_console=on_console)
@@ -92,11 +93,11 @@ async def restore(backend, spec: MachineSpec, state: snapshots.SavedState,
         raise
 
 
-async def save(backend, spec: MachineSpec, layer: snapshots.Layer, ident: dict,
-               on_console) -> snapshots.SavedState:
+async def save(backend, spec: MachineSpec, layer: states.Layer, ident: dict,
+               on_console) -> states.SavedState:
     """Boot a template VM, let its agent come up and go idle, and save it as the state for
     `ident`. A failure to boot is a BootError like any cold boot's."""
-    work = snapshots.new_workdir(layer)
+    work = states.new_workdir(layer)
     try:
         machine = await backend.start_template(spec, work, on_console=on_console)
         try:
@@ -110,10 +111,10 @@ async def save(backend, spec: MachineSpec, layer: snapshots.Layer, ident: dict,
             await channel.close()
         finally:
             await machine.stop()
-        return snapshots.publish(work, layer, ident, cmdline=machine.cmdline,
+        return states.publish(work, layer, ident, cmdline=machine.cmdline,
                                  guest=dict(channel.guest_hello))
     except BaseException:
-        snapshots.discard(work)
+        states.discard(work)
         raise
 
 
@@ -121,7 +122,7 @@ def _warn(message: str) -> None:
     warnings.warn(message, ShuruWarning, stacklevel=3)
 
 
-async def start(backend, spec: MachineSpec, layer: snapshots.Layer | None, *, cold: bool,
+async def start(backend, spec: MachineSpec, layer: states.Layer | None, *, cold: bool,
                 on_console: Callable[[bytes], None] | None = None) -> tuple[object, Channel]:
     """A running machine and its connected channel, restored when possible (see above)."""
     # A runtime root that is not private fails here, before any warning about states.
@@ -132,7 +133,7 @@ async def start(backend, spec: MachineSpec, layer: snapshots.Layer | None, *, co
     reason = await _try_existing(backend, spec, layer, ident, on_console)
     if not isinstance(reason, str):
         return reason
-    async with snapshots.building(layer, ident):
+    async with states.building(layer, ident):
         # Someone else may have saved it while we waited for the lock.
         again = await _try_existing(backend, spec, layer, ident, on_console)
         if not isinstance(again, str):
@@ -143,7 +144,7 @@ async def start(backend, spec: MachineSpec, layer: snapshots.Layer | None, *, co
     try:
         return await restore(backend, spec, state, on_console)
     except ShuruError as e:
-        snapshots.discard(state.path)
+        states.discard(state.path)
         _warn(f"the machine state just saved for {layer.describe()} did not restore "
               f"({e.message.splitlines()[0]}); booting cold")
         return await cold_start(backend, spec, on_console)
@@ -153,27 +154,27 @@ async def _try_existing(backend, spec, layer, ident, on_console):
     """Restore from the layer's state: the (machine, channel) pair, or the reason why not
     (a state that is stale or fails to load is discarded)."""
     try:
-        state = snapshots.find(layer, ident)
-    except snapshots.StaleStateError as e:
-        snapshots.discard(layer.states_dir / snapshots.key(ident))
+        state = states.find(layer, ident)
+    except states.StaleStateError as e:
+        states.discard(layer.states_dir / states.key(ident))
         return e.message
     if state is None:
         return "no saved machine state yet"
     try:
         return await restore(backend, spec, state, on_console)
     except ShuruError as e:
-        snapshots.discard(state.path)
+        states.discard(state.path)
         return f"the saved machine state failed to load ({e.message.splitlines()[0]})"
 
 
-def _identity(backend, spec: MachineSpec, layer: snapshots.Layer) -> dict:
-    return snapshots.identity(layer, cpus=spec.cpus, memory=spec.memory,
+def _identity(backend, spec: MachineSpec, layer: states.Layer) -> dict:
+    return states.identity(layer, cpus=spec.cpus, memory=spec.memory,
                               disk_size=spec.disk_size, verbose_console=spec.verbose_console,
                               machine=backend.machine_identity(spec))
 
 
-async def prepare(backend, spec: MachineSpec, layer: snapshots.Layer,
-                  on_console: Callable[[bytes], None] | None = None) -> snapshots.SavedState | None:
+async def prepare(backend, spec: MachineSpec, layer: states.Layer,
+                  on_console: Callable[[bytes], None] | None = None) -> states.SavedState | None:
     """Make sure `layer` has a usable state for `spec`, booting and saving one if it has
     none, so that the next start restores. The state is a cache: a failure to make it is a
     warning (the next start boots and tries again), never an error."""
@@ -181,11 +182,11 @@ async def prepare(backend, spec: MachineSpec, layer: snapshots.Layer,
         return None
     try:
         ident = _identity(backend, spec, layer)
-        async with snapshots.building(layer, ident):
+        async with states.building(layer, ident):
             try:
-                found = snapshots.find(layer, ident)
-            except snapshots.StaleStateError:
-                snapshots.discard(layer.states_dir / snapshots.key(ident))
+                found = states.find(layer, ident)
+            except states.StaleStateError:
+                states.discard(layer.states_dir / states.key(ident))
                 found = None
             return found or await save(backend, spec, layer, ident, on_console)
     except ShuruError as e:

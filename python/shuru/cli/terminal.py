@@ -18,9 +18,9 @@ import termios
 import threading
 import tty
 
-from .config import SandboxConfig
-from .sandbox import AsyncSandbox
-from .sanitize import StreamNeutraliser
+from ..config import SandboxConfig
+from ..sandbox import AsyncSandbox
+from ..sanitize import StreamNeutraliser
 
 
 class _ConsoleSink:

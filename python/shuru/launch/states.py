@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-from .errors import ShuruError, StaleStateError
+from ..errors import ShuruError, StaleStateError
 
 FORMAT = 1
 FILES = ("disk.qcow2", "ram", "state.bin")
@@ -273,8 +273,8 @@ def inventory(home: Path | None = None, *, qemu: str | None = None) -> list[dict
     """Every saved state under the data dir, as rows for `shuru image list`: its layer, the
     options it was made with, its size, and whether this QEMU (`qemu`: its version line)
     can load it."""
-    from . import checkpoints
-    from .image import images_dir, load as load_image
+    from .. import checkpoints
+    from ..image.store import images_dir, load as load_image
 
     layers: list[Layer] = []
     root = images_dir(home)
