@@ -181,10 +181,6 @@ def children(name: str, home: Path | None = None) -> list[str]:
     return [c.name for c in list_all(home) if c.parent == name]
 
 
-def referenced_images(home: Path | None = None) -> set[str]:
-    return {c.manifest.get("image_id") for c in list_all(home)}
-
-
 def _qemu_img(*args: str) -> str:
     proc = subprocess.run(["qemu-img", *args], capture_output=True, text=True)
     if proc.returncode != 0:
