@@ -83,8 +83,17 @@ class SyncProcess:
         return self._async.pid
 
     @property
+    def argv(self) -> _list[str]:
+        return self._async.argv
+
+    @property
     def exit_code(self) -> int | None:
         return self._async.exit_code
+
+    @property
+    def exit_signal(self) -> int | None:
+        """The signal that ended the process, if one did."""
+        return self._async.exit_signal
 
     @property
     def returncode(self) -> int | None:
@@ -186,7 +195,8 @@ class SyncChanges(_list[Any]):
         super().__init__(changes)
         self._async = changes
         self._runner = runner
-        self.guest, self.host = changes.guest, changes.host
+        self.guest = changes.guest
+        self.host = changes.host
 
     def apply(self, host_dir: str | os.PathLike | None = None) -> None:
         self._runner.run(self._async.apply(host_dir))

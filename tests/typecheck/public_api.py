@@ -26,6 +26,7 @@ def sync_sandbox() -> None:
         assert_type(process, SyncProcess)
         assert_type(process.wait(), int)
         assert_type(process.returncode, int | None)
+        assert_type(process.exit_signal, int | None)
         for chunk in process:
             assert_type(chunk, OutputChunk)
         assert_type(sb.files.read("/etc/hostname"), bytes)
