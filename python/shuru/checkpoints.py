@@ -29,7 +29,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CheckpointError
+from .errors import CheckpointError as CheckpointError  # re-exported: callers use it from here
 from .image.store import Image, images_dir, load as load_image, sha256_file, shuru_home
 
 FORMAT = 1
