@@ -251,7 +251,8 @@ def merge(*layers: Mapping[str, Any]) -> SandboxConfig:
     return SandboxConfig(env=env, network=network, secrets=secrets, **merged)
 
 
-def check_network(allow_net: bool, network: Mapping[str, Any], secrets: Mapping[str, Any]) -> None:
+def check_network(allow_net: bool, network: Mapping[str, Any],
+                  secrets: Mapping[str, Any]) -> None:
     """The rules across the network fields; ConfigError listing every problem."""
     problems = []
     if not allow_net:

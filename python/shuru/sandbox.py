@@ -26,8 +26,8 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import (TYPE_CHECKING, Any, Callable, Concatenate, Generic, Mapping, ParamSpec, Sequence,
-                    TypeVar, overload)
+from typing import (TYPE_CHECKING, Any, Callable, Concatenate, Generic, Mapping, ParamSpec,
+                    Sequence, TypeVar, overload)
 
 from . import checkpoints, metrics as metrics_mod
 from .launch import faststart, states

@@ -64,3 +64,15 @@ def test_every_public_method_is_annotated(cls):
     gaps = {name: missing for name, fn in public_functions(cls)
             if (missing := missing_annotations(fn))}
     assert gaps == {}
+
+
+def test_the_wheel_says_it_is_typed():
+    # PEP 561: without the marker in the installed package, type checkers ignore the
+    # annotations above.
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    tool = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert "py.typed" in tool["package-data"]["shuru"]
+    assert (root / tool["package-dir"]["shuru"] / "py.typed").is_file()
