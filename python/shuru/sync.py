@@ -4,7 +4,7 @@ Async is written once. Each sync sandbox owns a private event loop on a daemon t
 runs the async methods there. Every public method of the async classes is written out here
 with the same signature (so type checkers and IDEs see the sync API as it is), and each is
 one call through the loop; `tests/unit/test_sync_api.py` fails when the two drift apart, and
-`tests/typing/` has mypy check what the sync calls return. The loop thread lives exactly as
+`tests/typecheck/` has mypy check what the sync calls return. The loop thread lives exactly as
 long as the sandbox, which matters: QEMU is tied to it with PDEATHSIG.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import inspect
 import os
 import signal as _signal
 import socket
@@ -415,3 +416,20 @@ class Sandbox:
     def mounts(self) -> _list[MountSpec]:
         """The host folders mounted now; see `AsyncSandbox.mounts`."""
         return self._runner.run(_call(lambda: self._async.mounts))
+
+
+def _inherit_docs(sync_cls: type, async_cls: type) -> None:
+    """`help()` on a sync method shows its async twin's docstring unless it has its own."""
+    for name, member in vars(sync_cls).items():
+        twin = inspect.getattr_static(async_cls, name, None)
+        if name.startswith("_") or twin is None:
+            continue
+        fn = member.fget if isinstance(member, property) else getattr(member, "__func__", member)
+        twin_fn = twin.fget if isinstance(twin, property) else getattr(twin, "__func__", twin)
+        if getattr(fn, "__doc__", None) is None and getattr(twin_fn, "__doc__", None):
+            fn.__doc__ = twin_fn.__doc__
+
+
+for _sync_cls, _async_cls in ((Sandbox, AsyncSandbox), (SyncProcess, Process),
+                              (SyncFiles, Files), (SyncWatch, Watch), (SyncChanges, Changes)):
+    _inherit_docs(_sync_cls, _async_cls)

@@ -286,3 +286,10 @@ def test_sandbox_start_translates_the_old_timeout_name(monkeypatch):
         sandbox = Sandbox.start(timeout=5)
     assert seen["lifetime"] == 5.0 and "timeout" not in seen
     sandbox._runner.close()
+
+
+@pytest.mark.parametrize("sync_cls, async_cls", PAIRS, ids=lambda c: c.__name__)
+def test_help_on_a_sync_method_says_what_its_async_twin_says(sync_cls, async_cls):
+    for name in _members(async_cls):
+        if inspect.getdoc(_instance_fn(async_cls, name)):
+            assert inspect.getdoc(_instance_fn(sync_cls, name)), f"{sync_cls.__name__}.{name}"
