@@ -29,7 +29,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CheckpointError
+from .errors import CheckpointError as CheckpointError  # re-exported: callers use it from here
 from .image.store import Image, images_dir, load as load_image, sha256_file, shuru_home
 
 FORMAT = 1
@@ -179,10 +179,6 @@ def list_all(home: Path | None = None) -> list[Checkpoint]:
 
 def children(name: str, home: Path | None = None) -> list[str]:
     return [c.name for c in list_all(home) if c.parent == name]
-
-
-def referenced_images(home: Path | None = None) -> set[str]:
-    return {c.manifest.get("image_id") for c in list_all(home)}
 
 
 def _qemu_img(*args: str) -> str:

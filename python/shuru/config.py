@@ -17,11 +17,11 @@ from __future__ import annotations
 import difflib
 import json
 import os
-from dataclasses import dataclass, field, fields as dc_fields, replace
+from dataclasses import dataclass, field, fields as dc_fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
-from .errors import ConfigError
+from .errors import ConfigError as ConfigError  # re-exported: callers write cfg.ConfigError
 
 CONFIG_NAMES = ("shuru.json", "shuru.yaml", "shuru.yml")
 ACCELS = ("auto", "kvm", "tcg")
@@ -52,18 +52,17 @@ class SandboxConfig:
     mounts: tuple[str, ...] = ()  # host folders, "HOST:GUEST:ro|rw" (see shuru.mounts)
     allow_host_writes: bool = False  # lets `:rw` mounts write to the host (see shuru.mounts)
 
-    def with_(self, **changes) -> "SandboxConfig":
-        return replace(self, **changes)
-
 
 FIELDS = tuple(f.name for f in dc_fields(SandboxConfig))
 # How a field is spelled in config files (and, with dashes, as a flag).
 FILE_NAMES = {name: name.rstrip("_") for name in FIELDS}
 # Environment variables that stand in for a field when neither a flag nor the file sets it.
 ENV_VARS = {"kernel": "SHURU_KERNEL", "rootfs": "SHURU_ROOTFS", "initrd": "SHURU_INITRD"}
+# A field's rule: its name and value in, the problem out (None when there is none).
+Check = Callable[[str, Any], "str | None"]
 
 
-def _int_range(lo: int, hi: int, unit: str = ""):
+def _int_range(lo: int, hi: int, unit: str = "") -> Check:
     def check(name: str, value: Any) -> str | None:
         if isinstance(value, bool) or not isinstance(value, int):
             return f"{name} must be an integer{unit and ' (' + unit + ')'}, got {_show(value)}"
@@ -108,7 +107,7 @@ def _host_path(name: str, value: Any) -> str | None:
     return None
 
 
-def _choice(options: tuple[str, ...]):
+def _choice(options: tuple[str, ...]) -> Check:
     def check(name: str, value: Any) -> str | None:
         if value not in options:
             return f"{name} must be one of {', '.join(options)}, got {_show(value)}"
@@ -183,7 +182,7 @@ def _show(value: Any) -> str:
 
 
 def validate(values: Mapping[str, Any], *, source: str | None = None,
-             label=lambda name: name) -> dict[str, Any]:
+             label: Callable[[str], str] = lambda name: name) -> dict[str, Any]:
     """Check field names and types; return the values normalised (command as a tuple, env
     values as strings). `label` turns a field name into what the user wrote (a flag name for
     the CLI). Raises ConfigError listing every problem."""
@@ -252,7 +251,8 @@ def merge(*layers: Mapping[str, Any]) -> SandboxConfig:
     return SandboxConfig(env=env, network=network, secrets=secrets, **merged)
 
 
-def check_network(allow_net: bool, network: Mapping, secrets: Mapping) -> None:
+def check_network(allow_net: bool, network: Mapping[str, Any],
+                  secrets: Mapping[str, Any]) -> None:
     """The rules across the network fields; ConfigError listing every problem."""
     problems = []
     if not allow_net:

@@ -25,7 +25,7 @@ import stat as st
 import warnings
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import AsyncIterator, Callable
+from typing import Any, AsyncGenerator, AsyncIterator, Callable
 
 from shuru_guest import wire
 
@@ -147,14 +147,14 @@ class Files:
             entries = [e async for e in listing]
         return sorted(entries, key=lambda e: e.name)
 
-    async def iter_list(self, path: str) -> AsyncIterator[FileInfo]:
+    async def iter_list(self, path: str) -> AsyncGenerator[FileInfo, None]:
         """A directory's entries in directory order, as they arrive: any number of them in
         bounded memory."""
         async with contextlib.aclosing(self._listing("list", self._path(path))) as entries:
             async for entry in entries:
                 yield entry
 
-    async def walk(self, path: str) -> AsyncIterator[FileInfo]:
+    async def walk(self, path: str) -> AsyncGenerator[FileInfo, None]:
         """Every entry below a directory (not the directory itself), each directory before
         what it holds, as they arrive. Links are listed, never followed."""
         async with contextlib.aclosing(self._listing("walk", self._path(path))) as entries:
@@ -188,7 +188,7 @@ class Files:
                                  path=path)
         await self._call("symlink", path, target=target)
 
-    async def _listing(self, op: str, path: str) -> AsyncIterator[FileInfo]:
+    async def _listing(self, op: str, path: str) -> AsyncGenerator[FileInfo, None]:
         """A `list` or `walk` stream: entries decoded as their bytes arrive, credit granted
         as they are handed on (so the guest produces them only as fast as we take them)."""
         stream = self._channel().open_stream()
@@ -222,13 +222,13 @@ class Files:
 
     # ---- contents ------------------------------------------------------------------------
 
-    async def iter_read(self, path: str) -> AsyncIterator[bytes]:
+    async def iter_read(self, path: str) -> AsyncGenerator[bytes, None]:
         """The file's bytes in chunks, as they arrive (constant memory for any size)."""
         async with contextlib.aclosing(self._read(self._path(path))) as chunks:
             async for chunk in chunks:
                 yield chunk
 
-    async def _read(self, path: str, limit: int | None = None) -> AsyncIterator[bytes]:
+    async def _read(self, path: str, limit: int | None = None) -> AsyncGenerator[bytes, None]:
         """A `read` stream; with `limit` the guest sends at most that many bytes, and a guest
         that sends more is cut off."""
         stream = self._channel().open_stream()
@@ -262,7 +262,7 @@ class Files:
     async def read_text(self, path: str, encoding: str = "utf-8") -> str:
         return (await self.read(path)).decode(encoding)
 
-    async def write(self, path: str, data, *, mode: int | None = None,
+    async def write(self, path: str, data: Any, *, mode: int | None = None,
                     append: bool = False) -> int:
         """Write str, bytes, a binary file-like object, or an (async) iterator of bytes to
         the guest file, creating parent directories. Returns the bytes written."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 
 def cpu_seconds(stat_text: str, ticks: int) -> float | None:
@@ -35,10 +36,10 @@ def memory_kib(text: str, keys: tuple[str, ...]) -> dict[str, int]:
     return out
 
 
-def process_usage(pid: int, proc: Path = Path("/proc")) -> dict:
+def process_usage(pid: int, proc: Path = Path("/proc")) -> dict[str, Any]:
     """CPU seconds and host memory (RSS, PSS in bytes) of one process; what cannot be read
     is None."""
-    out: dict = {"cpu_seconds": None, "rss": None, "pss": None}
+    out: dict[str, Any] = {"cpu_seconds": None, "rss": None, "pss": None}
     try:
         out["cpu_seconds"] = cpu_seconds((proc / str(pid) / "stat").read_text(),
                                          os.sysconf("SC_CLK_TCK"))
@@ -50,7 +51,7 @@ def process_usage(pid: int, proc: Path = Path("/proc")) -> dict:
     return out
 
 
-def guest_memory(meminfo: str) -> dict:
+def guest_memory(meminfo: str) -> dict[str, Any]:
     """The guest's own view, in bytes: total, available, used (total - available)."""
     mem = memory_kib(meminfo, ("MemTotal", "MemAvailable"))
     total, avail = mem.get("MemTotal"), mem.get("MemAvailable")
@@ -59,7 +60,7 @@ def guest_memory(meminfo: str) -> dict:
             "used": (total - avail) * 1024 if total is not None and avail is not None else None}
 
 
-def network_bytes(log: list[dict]) -> dict:
+def network_bytes(log: list[dict[str, Any]]) -> dict[str, Any]:
     """Bytes the guest's connections sent (up) and received (down), from the audit log's
     close events."""
     up = sum(e.get("bytes_up", 0) for e in log if isinstance(e.get("bytes_up"), int))

@@ -23,7 +23,7 @@ import contextlib
 import inspect
 import signal as _signal
 from dataclasses import dataclass
-from typing import Callable
+from typing import AsyncGenerator, Callable
 
 from shuru_guest import wire
 
@@ -240,11 +240,11 @@ class Process:
             self._exit.set_exception(error)
         self._output.end(error)
 
-    def __aiter__(self):
+    def __aiter__(self) -> AsyncGenerator[OutputChunk, None]:
         self._iterating = True
         return self._iterate()
 
-    async def _iterate(self):
+    async def _iterate(self) -> AsyncGenerator[OutputChunk, None]:
         self._check_not_in_callback("async for")
         while (chunk := await self._output.get()) is not None:
             yield chunk

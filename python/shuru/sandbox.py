@@ -18,6 +18,7 @@ of `async with`) leaves the sandbox running; `stop()` ends it.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import dataclasses
 import enum
@@ -25,7 +26,8 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import (TYPE_CHECKING, Any, Callable, Concatenate, Generic, Mapping, ParamSpec,
+                    Sequence, TypeVar, overload)
 
 from . import checkpoints, metrics as metrics_mod
 from .launch import faststart, states
@@ -37,6 +39,14 @@ from .errors import SandboxDiedError, SandboxStateError, ShuruError
 from .files import Files, Watch, start_watch
 from .image.store import current_image, shuru_home
 from .process import DEFAULT_MAX_OUTPUT, ExecResult, Process, run_to_completion, start_stream
+
+if TYPE_CHECKING:  # imported where used, at run time
+    from .mounts import Changes, MountSpec
+    from .ports import Address, Forward
+
+_S = TypeVar("_S")
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
 def cfg_guest_path(path) -> str:
@@ -107,19 +117,24 @@ def start_options_check(options: Mapping[str, Any]) -> None:
             "`shuru run` runs); run it with exec() or spawn() once the sandbox is up"])
 
 
-class _ClassOrInstance:
+class _ClassOrInstance(Generic[_S, _P, _R]):
     """A method with two meanings, as the issues spell them: on a sandbox,
     `sb.connect(guest_port)` connects to a port in it; on the class,
     `AsyncSandbox.connect(name)` is `AsyncSandbox.attach(name)` (a detached sandbox)."""
 
-    def __init__(self, method: Callable):
+    def __init__(self, method: Callable[Concatenate[_S, _P], _R]):
         self._method = method
         self.__doc__ = method.__doc__
         self.__name__ = method.__name__
 
-    def __get__(self, obj, owner=None):
+    @overload
+    def __get__(self, obj: None, owner: type[_S]) -> Any: ...
+    @overload
+    def __get__(self, obj: _S, owner: type[_S] | None = None) -> Callable[_P, _R]: ...
+
+    def __get__(self, obj: _S | None, owner: type[_S] | None = None) -> Any:
         if obj is None:
-            return owner.attach
+            return owner.attach  # type: ignore[union-attr, unused-ignore]
         return self._method.__get__(obj, owner)
 
 
@@ -513,7 +528,7 @@ class AsyncSandbox:
         return await start_watch(self._live_channel(), path, callback, recursive,
                                  cwd=self.config.workdir)
 
-    def network_log(self) -> list[dict]:
+    def network_log(self) -> builtins.list[dict]:
         """The network audit log, oldest first: dns, connect, deny, inject and close events
         ({time, event, host, ip, port, reason?, secrets?, bytes_up?, bytes_down?}); secret
         names only, never values. Empty without allow_net."""
@@ -600,7 +615,7 @@ class AsyncSandbox:
 
     # ---- ports -------------------------------------------------------------------------
 
-    async def expose(self, guest_port: int, host_port: int | None = None):
+    async def expose(self, guest_port: int, host_port: int | None = None) -> Address:
         """Forward 127.0.0.1:`host_port` on the host (a free port when None) to
         127.0.0.1:`guest_port` in the sandbox; returns the host `Address` (host, port).
         No network device is involved. PortError if the host port is in use. A detached
@@ -624,7 +639,8 @@ class AsyncSandbox:
         await self._ports.unexpose(guest_port, host_port)
 
     @_ClassOrInstance
-    async def connect(self, guest_port: int):
+    async def connect(self, guest_port: int
+                      ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """Connect to 127.0.0.1:`guest_port` in the sandbox without a host listener:
         an asyncio (StreamReader, StreamWriter) pair (the sync `Sandbox` returns a socket).
         PortError at once if nothing listens there. (On the class, `AsyncSandbox.connect(
@@ -636,7 +652,7 @@ class AsyncSandbox:
         return await self._ports.connect(guest_port)
 
     @property
-    def ports(self) -> list:
+    def ports(self) -> builtins.list[Forward]:
         """The forwards listening now: `Forward(host, host_port, guest_port)`s."""
         if self._remote is not None and self.state in (State.RUNNING, State.PAUSED):
             from .named import remote
@@ -647,7 +663,7 @@ class AsyncSandbox:
 
     # ---- host folders ------------------------------------------------------------------
 
-    async def mount_changes(self, guest_path: str):
+    async def mount_changes(self, guest_path: str) -> Changes:
         """What the sandbox changed under the read-only mount at `guest_path`: a `Changes`
         list of `Change(path, kind, type, size)` (kind added, modified or deleted), read
         from the mount's writable layer; `await changes.apply(host_dir)` copies them onto
@@ -664,7 +680,7 @@ class AsyncSandbox:
         return await changes(self, active)
 
     @property
-    def mounts(self) -> list:
+    def mounts(self) -> builtins.list[MountSpec]:
         """The host folders mounted now: `MountSpec(host, guest, mode)`s."""
         return [active.spec for active in self._mounts.values()]
 

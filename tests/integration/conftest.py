@@ -1,7 +1,9 @@
 """Integration fixtures: real VMs from the installed guest image.
 
-The image is built by `scripts/setup` (`shuru init`); if it is missing the session builds it
-rather than skipping, since a skipped integration test is a hidden failure."""
+The image lives in the tests' data dir (`$SHURU_HOME`, `.test-home/` by default: see
+tests/conftest.py). `scripts/test` builds it there through `scripts/setup` (`shuru init`);
+if it is missing or stale the session builds it rather than skipping, since a skipped
+integration test is a hidden failure. It is kept across runs, so a second run reuses it."""
 
 from __future__ import annotations
 
@@ -27,7 +29,9 @@ def pytest_collection_modifyitems(items):
 @pytest.fixture(scope="session")
 def image():
     from shuru.image.build import build_image
+    from shuru.image.store import shuru_home
 
+    assert shuru_home() == Path(os.environ["SHURU_HOME"])  # the tests' own (tests/conftest.py)
     return build_image()
 
 

@@ -1,4 +1,4 @@
-"""The guest image built on this machine (default SHURU_HOME, by the session's `image`
+"""The guest image built on this machine (in the tests' data dir, by the session's `image`
 fixture): its manifest and files, what is inside it, and the build's no-op and failure paths.
 Building a second full image here would take minutes, so only the failure path builds."""
 

@@ -8,7 +8,7 @@ import pytest
 
 from shuru.errors import ConfigError
 from shuru.net import names, upstream
-from shuru.net.addresses import dialable
+from shuru.net.addresses import refusal
 from shuru.net.upstream import (ProxySettings, Refused, Route, UpstreamError, UpstreamProxy, dial,
                                 parse_proxy_url, plan, resolve_target)
 
@@ -186,7 +186,7 @@ async def test_the_real_host_resolver_is_vetted_too():
     except UpstreamError as e:
         assert "cannot resolve" in e.message
     else:
-        assert route.addresses and all(dialable(a) for a in route.addresses)
+        assert route.addresses and all(refusal(a) is None for a in route.addresses)
     addresses = await upstream.host_resolve("localhost", 80)
     assert addresses and all(a in ("127.0.0.1", "::1") for a in addresses)
 
@@ -195,7 +195,7 @@ async def test_a_resolve_entry_is_trusted_and_not_looked_up():
     resolver = CountingResolver({})
     route = await plan("db.internal", 443, resolve={"db.internal:443": "127.0.0.1:5432"},
                        proxies=DIRECT, resolver=resolver)
-    assert (route.addresses, route.dial_port, route.trusted) == (("127.0.0.1",), 5432, True)
+    assert (route.addresses, route.dial_port) == (("127.0.0.1",), 5432)
     route = await plan("localhost", 80, resolve={"localhost": "::1"}, proxies=DIRECT,
                        resolver=resolver)
     assert route.addresses == ("::1",) and resolver.calls == []

@@ -96,8 +96,3 @@ def refusal(address: object) -> str | None:
     if ip not in _GLOBAL_V6:
         return f"{shown} is a reserved address, outside global unicast {_GLOBAL_V6}"
     return None
-
-
-def dialable(address: object) -> bool:
-    """Whether `address` is global unicast (see `refusal`)."""
-    return refusal(address) is None

@@ -209,7 +209,6 @@ class Route:
     dial_port: int
     addresses: tuple[str, ...]
     proxy: UpstreamProxy | None = None
-    trusted: bool = False  # the address came from network.resolve
 
 
 def _refuse(host: str, port: int, why: str) -> Refused:
@@ -224,8 +223,7 @@ async def plan(host: str, port: int, *, resolve: Mapping[str, str], proxies: Pro
     does not resolve. `own_names` are the host's own names (local, like localhost)."""
     address, dial_port = resolve_target(resolve, host, port)
     if address is not None:
-        return Route(host, port, dial_port, (address,), proxies.for_target(host, address, port),
-                     trusted=True)
+        return Route(host, port, dial_port, (address,), proxies.for_target(host, address, port))
     why = names.name_problem(host) or names.local_problem(host, own_names)
     if why:
         raise _refuse(host, port, why)
