@@ -31,13 +31,14 @@ from typing import (TYPE_CHECKING, Any, Callable, Concatenate, Generic, Mapping,
 
 from . import checkpoints, metrics as metrics_mod
 from .launch import faststart, states
+from .launch.bringup import Launch
+from .launch.plan import Plan
 from . import config as cfg
-from .backends.base import MachineSpec
 from .backends.select import default_backend
 from .channel import Channel
 from .errors import SandboxDiedError, SandboxStateError, ShuruError
 from .files import Files, Watch, start_watch
-from .image.store import current_image, shuru_home
+from .image.store import shuru_home
 from .process import DEFAULT_MAX_OUTPUT, ExecResult, Process, run_to_completion, start_stream
 
 if TYPE_CHECKING:  # imported where used, at run time
@@ -149,11 +150,7 @@ class AsyncSandbox:
         self._machine = None
         self._channel: Channel | None = None
         self._timeout_task: asyncio.Task | None = None
-        self._image = None  # the guest image the disk stands on (None with custom boot files)
-        self._parent: checkpoints.Checkpoint | None = None
-        self._layer: states.Layer | None = None  # the disk layer saved states belong to
-        self._spec_used: MachineSpec | None = None
-        self._disk_size = self.config.disk_size
+        self._plan: Plan | None = None  # what the start booted (image, parent, spec), once up
         self._net = None  # guestnet.NetworkSession with allow_net
         self._ports = None  # ports.PortForwards: listeners bound before boot
         self._name: str | None = None  # a detached sandbox's name
@@ -259,72 +256,22 @@ class AsyncSandbox:
 
         return await remote.request(self.name, op, **args)
 
-    def _spec(self) -> MachineSpec:
-        c = self.config
-        fmt, base_mb, disk_size = "raw", 0, c.disk_size
-        if c.from_:
-            # The checkpoint decides the image: its disk only makes sense with its kernel.
-            cp = checkpoints.load(c.from_)
-            checkpoints.chain(cp)  # every layer below must be intact too
-            self._image = checkpoints.base_image(cp)
-            self._parent = cp
-            kernel = Path(c.kernel) if c.kernel else self._image.kernel
-            initrd = c.initrd or self._image.initrd
-            rootfs, fmt, base_mb = cp.disk, "qcow2", cp.virtual_size_mb
-            disk_size = max(disk_size, base_mb)
-            if not (c.kernel or c.initrd):
-                self._layer = states.Layer.of_checkpoint(cp)
-        elif c.kernel and c.rootfs:
-            kernel, rootfs, initrd = Path(c.kernel), Path(c.rootfs), c.initrd
-        else:
-            self._image = current_image()
-            kernel = Path(c.kernel) if c.kernel else self._image.kernel
-            rootfs = Path(c.rootfs) if c.rootfs else self._image.rootfs
-            initrd = c.initrd or self._image.initrd
-            if not (c.kernel or c.rootfs or c.initrd):
-                self._layer = states.Layer.of_image(self._image)
-        self._disk_size = disk_size
-        return MachineSpec(kernel=kernel, initrd=Path(initrd) if initrd else None,
-                           rootfs=rootfs, cpus=c.cpus, memory=c.memory,
-                           disk_size=disk_size, accel=c.accel,
-                           verbose_console=c.console, rootfs_format=fmt,
-                           rootfs_size_mb=base_mb)
-
     async def _boot(self) -> None:
         self._require(State.CREATED)
         self.state = State.STARTING
+        launch = Launch(self.config)
         try:
-            if self.config.allow_net:
-                from .net.session import NetworkSession
-
-                self._net = NetworkSession(self.config.network, self.config.secrets)
-            from .ports import PortForwards
-
-            self._ports = PortForwards()
-            await self._ports.bind_all(self.config.ports)  # a port in use fails before boot
-            from . import mounts
-
-            # Checked before boot: a missing folder or a refused :rw fails at once.
-            mount_specs = mounts.check_host(
-                [mounts.parse_spec(text) for text in self.config.mounts],
-                allow_host_writes=self.config.allow_host_writes)
-            backend = default_backend(shuru_home())
-            # In a thread: a checkpoint's disk is hashed when it changed since last time.
-            spec = self._spec_used = await asyncio.to_thread(self._spec)
-            self._machine, self._channel = await faststart.start(
-                backend, spec, self._layer, cold=self.config.cold, on_console=self._on_console)
-            if self._net:
-                await self._net.attach(self._channel, Files(lambda: self._channel))
-            self._ports.attach(self._channel)
-            for spec in mount_specs:
-                self._mounts[spec.guest] = await mounts.mount(self._channel, spec)
-            self._machine.exited.add_done_callback(self._on_machine_exit)
-            self._started = time.time()
-            self.state = State.RUNNING
+            await launch.run(lambda: default_backend(shuru_home()), on_console=self._on_console)
         except BaseException:
             self.state = State.FAILED
-            await self._teardown()
+            self._machine = launch.machine  # stopped; kept for its console tail
             raise
+        self._plan = launch.plan
+        self._net, self._ports, self._mounts = launch.net, launch.ports, launch.mounts
+        self._machine, self._channel = launch.machine, launch.channel
+        self._machine.exited.add_done_callback(self._on_machine_exit)
+        self._started = time.time()
+        self.state = State.RUNNING
 
     def _on_machine_exit(self, _fut) -> None:
         if self.state in (State.RUNNING, State.PAUSED):
@@ -353,7 +300,8 @@ class AsyncSandbox:
                 self.state = State.STOPPED
             return checkpoints.load(saved)
         channel = self._live_channel()
-        if self._image is None:
+        plan = self._plan
+        if plan is None or plan.image is None:
             raise checkpoints.CheckpointError(
                 "only sandboxes started from the guest image or a checkpoint can be "
                 "checkpointed (this one was booted from custom --kernel/--rootfs files)")
@@ -366,11 +314,11 @@ class AsyncSandbox:
             # overlay's own metadata. Only then is the file complete.
             await asyncio.wait_for(channel.shutdown(), 60)
             await asyncio.wait_for(asyncio.shield(self._machine.exited), 60)
-            layer = (self._spec_used.rootfs, self._spec_used.rootfs_format)
+            layer = (plan.spec.rootfs, plan.spec.rootfs_format)
             backing = getattr(self._machine, "backing", layer)
             cp = await asyncio.to_thread(
-                checkpoints.save, self._machine.disk, name, image=self._image,
-                parent=self._parent, virtual_size_mb=self._disk_size, overwrite=overwrite,
+                checkpoints.save, self._machine.disk, name, image=plan.image,
+                parent=plan.parent, virtual_size_mb=plan.disk_size, overwrite=overwrite,
                 rebase_onto=None if backing == layer else layer)
         except asyncio.TimeoutError:
             raise SandboxDiedError("the VM did not shut down for the checkpoint within 60 s",
@@ -380,10 +328,10 @@ class AsyncSandbox:
                 await self._teardown()
             finally:
                 self.state = State.STOPPED
-        # Forks get the spec `_spec` gives `from_=name` with this sandbox's options; custom
+        # Forks get the spec `plan` gives `from_=name` with this sandbox's options; custom
         # boot files give them no layer to restore from.
         if not (self.config.cold or self.config.kernel or self.config.initrd):
-            spec = dataclasses.replace(self._spec_used, rootfs=cp.disk, rootfs_format="qcow2",
+            spec = dataclasses.replace(plan.spec, rootfs=cp.disk, rootfs_format="qcow2",
                                        rootfs_size_mb=cp.virtual_size_mb,
                                        disk_size=cp.virtual_size_mb)
             await faststart.prepare(default_backend(shuru_home()), spec,

@@ -428,7 +428,8 @@ def init(force: bool = typer.Option(False, "--force", help="Rebuild even if the 
 @app.command()
 @handle_errors
 def doctor():
-    """Check the host: QEMU, KVM, the guest image; print the fix for each problem."""
+    """Check the host (QEMU and KVM on Linux; the signed helper and Virtualization.framework
+    on macOS) and the guest image; print the fix for each problem."""
     from .doctor import run_checks, render
 
     checks = run_checks()

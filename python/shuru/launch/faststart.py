@@ -25,6 +25,7 @@ import os
 import secrets
 import time
 import warnings
+from dataclasses import dataclass
 from typing import Callable
 
 from ..backends import rundir as runtime
@@ -130,15 +131,15 @@ async def start(backend, spec: MachineSpec, layer: states.Layer | None, *, cold:
     if cold or layer is None or not backend.capabilities.fast_start:
         return await cold_start(backend, spec, on_console)
     ident = _identity(backend, spec, layer)
-    reason = await _try_existing(backend, spec, layer, ident, on_console)
-    if not isinstance(reason, str):
-        return reason
+    first = await _try_existing(backend, spec, layer, ident, on_console)
+    if not isinstance(first, Miss):
+        return first
     async with states.building(layer, ident):
         # Someone else may have saved it while we waited for the lock.
         again = await _try_existing(backend, spec, layer, ident, on_console)
-        if not isinstance(again, str):
+        if not isinstance(again, Miss):
             return again
-        _warn(f"{reason} for {layer.describe()}; booting cold and saving one "
+        _warn(f"{first.reason} for {layer.describe()}; booting cold and saving one "
               "(later starts restore it)")
         state = await save(backend, spec, layer, ident, on_console)
     try:
@@ -150,21 +151,29 @@ async def start(backend, spec: MachineSpec, layer: states.Layer | None, *, cold:
         return await cold_start(backend, spec, on_console)
 
 
-async def _try_existing(backend, spec, layer, ident, on_console):
-    """Restore from the layer's state: the (machine, channel) pair, or the reason why not
-    (a state that is stale or fails to load is discarded)."""
+@dataclass(frozen=True)
+class Miss:
+    """No restore from an existing saved state, and why (for the warning before a save)."""
+
+    reason: str
+
+
+async def _try_existing(backend, spec: MachineSpec, layer: states.Layer, ident: dict,
+                        on_console) -> tuple[object, Channel] | Miss:
+    """Restore from the layer's state: the (machine, channel) pair, or a `Miss` saying why
+    not (a state that is stale or fails to load is discarded)."""
     try:
         state = states.find(layer, ident)
     except states.StaleStateError as e:
         states.discard(layer.states_dir / states.key(ident))
-        return e.message
+        return Miss(e.message)
     if state is None:
-        return "no saved machine state yet"
+        return Miss("no saved machine state yet")
     try:
         return await restore(backend, spec, state, on_console)
     except ShuruError as e:
         states.discard(state.path)
-        return f"the saved machine state failed to load ({e.message.splitlines()[0]})"
+        return Miss(f"the saved machine state failed to load ({e.message.splitlines()[0]})")
 
 
 def _identity(backend, spec: MachineSpec, layer: states.Layer) -> dict:
