@@ -85,19 +85,24 @@ def plan(config: SandboxConfig, *, image: Image | None = None,
         raise ValueError(f"plan needs {need} for this config, was given {given}")
     custom_boot = bool(c.kernel or c.initrd)
     rootfs_format, base_mb, disk_size, layer = "raw", 0, c.disk_size, None
-    if need == CHECKPOINT:
+    if checkpoint is not None:
         rootfs, rootfs_format = Path(checkpoint.disk), "qcow2"
         base_mb = checkpoint.virtual_size_mb
         disk_size = max(disk_size, base_mb)
         if not custom_boot:
             layer = states.Layer.of_checkpoint(checkpoint)
-    elif need == NOTHING:
+    elif image is None:
+        assert c.rootfs and c.kernel  # needs() said NOTHING
         rootfs = Path(c.rootfs)
     else:
         rootfs = Path(c.rootfs) if c.rootfs else image.rootfs
         if not (custom_boot or c.rootfs):
             layer = states.Layer.of_image(image)
-    kernel = Path(c.kernel) if c.kernel else image.kernel
+    if c.kernel:
+        kernel = Path(c.kernel)
+    else:
+        assert image is not None  # needs() asked for one whenever kernel is not given
+        kernel = image.kernel
     initrd = Path(c.initrd) if c.initrd else image.initrd if image is not None else None
     spec = MachineSpec(kernel=kernel, initrd=initrd, rootfs=rootfs, cpus=c.cpus,
                        memory=c.memory, disk_size=disk_size, accel=c.accel,
@@ -115,6 +120,7 @@ def load(config: SandboxConfig) -> Plan:
     check(config)  # before loading anything: a refused combination costs no hashing
     need = needs(config)
     if need == CHECKPOINT:
+        assert config.from_ is not None
         # The checkpoint decides the image: its disk only makes sense with its kernel.
         cp = checkpoints.load(config.from_)
         checkpoints.chain(cp)  # every layer below must be intact too
