@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 
 from shuru_guest import wire
 
+from . import agent_client as agent
 from .channel import Channel, GuestStream, Stream
 from .errors import ConfigError, PortError, ProtocolError, SandboxDiedError
 
@@ -179,7 +180,7 @@ async def open_stream(channel: Channel, guest_port: int) -> PortStream:
     the answer: the guest holds them, within credit, until it is connected)."""
     stream = channel.open_stream(PortStream)
     try:
-        await stream.send("tcp_connect", port=guest_port)
+        await stream.send_msg(agent.tcp_connect(guest_port))
     except BaseException:
         stream.close()
         raise
