@@ -28,7 +28,6 @@ import errno
 import os
 import shutil
 import stat as st
-from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from . import agent_client as agent
