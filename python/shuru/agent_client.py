@@ -284,6 +284,19 @@ def tcp_connect(port: int) -> Msg:
     return {"t": "tcp_connect", "port": port}
 
 
+def parse_tcp_answer(msg: Msg) -> bool | None:
+    """A message on a `tcp_connect` stream: True for `result` (connected), False for `error`
+    (refused; the message says why), None for the relay's own (data, eof, credit, close)."""
+    t = msg["t"]
+    if t == "result":
+        return True
+    if t == "error":
+        return False
+    if t in ("data", "eof", "credit", "close"):
+        return None
+    raise ProtocolError(f"guest answered tcp_connect with {t!r}")
+
+
 def mount(path: str, rw: bool) -> Msg:
     return {"t": "mount", "path": path, "rw": bool(rw)}
 

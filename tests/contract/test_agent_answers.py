@@ -14,6 +14,7 @@ from shuru.channel import Channel
 from shuru.errors import ProtocolError
 from shuru.files import Files, start_watch
 from shuru.mounts import MountSpec, mount
+from shuru.ports import open_stream
 from shuru.process import run_to_completion
 from shuru_guest import wire
 
@@ -153,3 +154,13 @@ async def test_a_mount_answered_wrongly_is_a_protocol_error(guest, tmp_path, ans
     spec = MountSpec(str(tmp_path), "/app", "ro")
     with pytest.raises(ProtocolError, match="mount"):
         await asyncio.wait_for(mount(channel, spec), TIMEOUT)
+
+
+async def test_a_port_connection_answered_wrongly_is_a_protocol_error(guest):
+    # The old code ignored the answer and the connection waited for one forever.
+    channel = await guest({"tcp_connect": STARTED})
+    stream = await open_stream(channel, 8000)
+    await asyncio.wait_for(stream.answered.wait(), TIMEOUT)
+    assert not stream.connected and isinstance(stream.bad, ProtocolError)
+    assert "answered tcp_connect with 'started'" in str(stream.bad)
+    assert channel.is_open  # one bad connection does not end the others

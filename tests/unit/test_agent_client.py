@@ -194,6 +194,14 @@ def test_network_and_mount_answers():
     assert agent.parse_fsop(_msg("fsop", id=True, op="lookup")) is None
 
 
+def test_port_connection_answers():
+    assert agent.parse_tcp_answer(_golden("port forward connected")) is True
+    assert agent.parse_tcp_answer(_golden("port forward refused")) is False
+    assert agent.parse_tcp_answer(_golden("port forward data to server")) is None
+    with pytest.raises(ProtocolError, match="tcp_connect with 'exit'"):
+        agent.parse_tcp_answer(_msg("exit", code=0, signal=None))
+
+
 def test_control_acknowledgements_pair_with_their_requests():
     assert agent.ack_key(agent.ping(7)) == agent.ack_key(_msg("pong", 0, id=7))
     assert agent.ack_key(agent.park()) == agent.ack_key(_golden("parked"))
