@@ -1,7 +1,6 @@
 """The run state the three protocol engines share (`shuru.engine`), and the one credit rule
 of the agent channel (`channel.Inflow`, `channel.Outflow`)."""
 
-
 import pytest
 
 from shuru.channel import Inflow, Outflow
