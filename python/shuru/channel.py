@@ -14,6 +14,11 @@ With networking on (`accept_guest_streams`), the guest may open streams of its o
 ids): one per captured TCP connection (`connect`) or DNS query (`dns`). Those become
 `GuestStream`s, at most MAX_GUEST_STREAMS at a time, whose bytes are kept in one buffer the
 window bounds; without networking, or beyond the bound, the host answers `close`.
+
+Credit is one rule, kept by `Inflow` (what the guest may still send on one fd: at most the
+window beyond what the host granted back, returned in batches of a quarter window as it is
+consumed) and `Outflow` (what the host may still send on fd 0), for every kind of stream.
+What the messages say is `agent_client`'s; when the channel is open is `engine.RunState`'s.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import itertools
 
 from shuru_guest import wire
 
+from . import agent_client as agent
+from .engine import Runstate, RunState
 from .errors import ProtocolError, SandboxDiedError
 
 _CLOSED = {"t": "_closed", "s": -1}
@@ -144,6 +151,70 @@ class _Inbox:
         return len(self._items) + sum(len(chunks) for chunks in self._data.values())
 
 
+_MAX_CREDIT = 2**40  # what a guest's grants add up to at most: no int grows without bound
+
+
+class Inflow:
+    """The window for data the guest sends on one fd of one stream. The guest may have at
+    most WINDOW bytes outstanding beyond what the host granted back; `receive` counts a
+    frame's bytes and cuts off a guest that sends more (ProtocolError). As the consumer
+    takes bytes, `consume` says how much credit to grant now: nothing until a quarter window
+    is due, so a guest that sends tiny frames gets few credit frames back."""
+
+    __slots__ = ("outstanding", "unacked")
+
+    def __init__(self) -> None:
+        self.outstanding = 0  # received and not yet granted back
+        self.unacked = 0  # consumed and not yet granted back
+
+    def receive(self, n: int, where: str) -> None:
+        if self.outstanding + n > wire.WINDOW:
+            raise ProtocolError(f"guest sent {self.outstanding + n} bytes on {where}, beyond "
+                                f"the {wire.WINDOW}-byte window it was granted")
+        self.outstanding += n
+
+    def consume(self, n: int) -> int:
+        """`n` more bytes were taken; the credit to grant now (0: not yet)."""
+        self.unacked += n
+        if self.unacked < wire.WINDOW // 4:
+            return 0
+        grant, self.unacked = self.unacked, 0
+        self.outstanding -= grant
+        return grant
+
+    def consume_all(self) -> int:
+        """Everything received is as good as consumed (a stream being discarded)."""
+        return self.consume(self.outstanding - self.unacked)
+
+    def granted(self, n: int) -> None:
+        """Someone else granted `n` back (a relay's client, whose credit passes through)."""
+        self.outstanding = max(0, self.outstanding - max(0, n))
+
+
+class Outflow:
+    """The credit the guest granted for data the host sends on fd 0 of one stream."""
+
+    __slots__ = ("credit", "changed")
+
+    def __init__(self) -> None:
+        self.credit = wire.WINDOW
+        self.changed = asyncio.Event()
+
+    def grant(self, n: int) -> None:
+        self.credit = min(self.credit + max(0, n), _MAX_CREDIT)
+        self.changed.set()
+
+    async def wait(self) -> None:
+        self.changed.clear()
+        await self.changed.wait()
+
+    def take(self, n: int) -> int:
+        """Up to `n` bytes (and a chunk) of the credit, spent."""
+        n = min(n, wire.CHUNK, self.credit)
+        self.credit -= n
+        return n
+
+
 class Stream:
     """One multiplexed conversation the host opened (an exec, a file transfer, a watch).
 
@@ -157,10 +228,8 @@ class Stream:
         self.channel = channel
         self.id = stream_id
         self.inbox = _Inbox(stream_id)
-        self._send_credit = {0: wire.WINDOW}
-        self._credit_changed = asyncio.Event()
-        self._received = {}  # fd -> bytes received but not yet consumed
-        self._unacked = {}  # fd -> bytes consumed but not yet granted back
+        self.outflow = Outflow()  # what the host may send on fd 0
+        self._inflows: dict[int, Inflow] = {}  # what the guest may send, per fd
         self.closed = False
         self.discarding = False
         self.broken = asyncio.Event()  # set when the channel failed under this stream
@@ -168,22 +237,43 @@ class Stream:
     async def send(self, t: str, **fields) -> None:
         await self.channel.send(t, self.id, **fields)
 
-    async def send_data(self, fd: int, data: bytes) -> None:
-        """Send bytes to the guest in chunks, never beyond the credit it granted. Once the
-        stream has ended (the process exited) the rest is dropped, as the guest drops what a
-        process that closed its stdin will never read."""
+    async def send_msg(self, msg: dict) -> None:
+        """Send a message built by `agent_client` on this stream."""
+        await self.channel.send_msg(self.id, msg)
+
+    def inflow(self, fd: int) -> Inflow:
+        flow = self._inflows.get(fd)
+        if flow is None:
+            flow = self._inflows[fd] = Inflow()
+        return flow
+
+    async def _send_within_credit(self, data: bytes, blocked, send) -> None:
+        """Send bytes on fd 0 in chunks, never beyond the credit the guest granted; while
+        there is none, `blocked()` raises, or returns True to drop the rest."""
         view = memoryview(data)
         while view:
-            while self._send_credit.get(fd, 0) <= 0:
-                self.channel.check_open()
-                if self.closed:
+            while self.outflow.credit <= 0:
+                if blocked():
                     return
-                self._credit_changed.clear()
-                await self._credit_changed.wait()
-            n = min(len(view), wire.CHUNK, self._send_credit[fd])
-            self._send_credit[fd] -= n
-            await self.send("data", fd=fd, d=bytes(view[:n]))
+                await self.outflow.wait()
+            if blocked():
+                return
+            n = self.outflow.take(len(view))
+            await send(agent.data(0, bytes(view[:n])))
             view = view[n:]
+
+    async def send_data(self, fd: int, data: bytes) -> None:
+        """Send bytes to the guest (stdin, a file being written) within its credit. Once
+        the stream has ended (the process exited) the rest is dropped, as the guest drops
+        what a process that closed its stdin will never read."""
+        if fd != 0:
+            raise ValueError(f"the host sends data on fd 0 only, not {fd}")
+
+        def blocked() -> bool:
+            self.channel.check_open()
+            return self.closed
+
+        await self._send_within_credit(data, blocked, self.send_msg)
 
     async def recv(self) -> dict:
         msg = await self.inbox.get()
@@ -196,12 +286,10 @@ class Stream:
         """The application took `n` bytes of `fd` off our hands: grant the guest more."""
         if self.discarding:
             return  # discard() already counted everything received as consumed
-        self._received[fd] = self._received.get(fd, 0) - n
-        self._unacked[fd] = self._unacked.get(fd, 0) + n
-        if self._unacked[fd] >= wire.WINDOW // 4 and not self.closed:
-            grant, self._unacked[fd] = self._unacked[fd], 0
+        grant = self.inflow(fd).consume(n)
+        if grant and not self.closed:
             with contextlib.suppress(SandboxDiedError):
-                await self.send("credit", fd=fd, n=grant)
+                await self.send_msg(agent.credit(fd, grant))
 
     def _count_guest_data(self, msg: dict) -> None:
         """The one check of what the guest sends a stream: `data` and `eof` only on stdout
@@ -212,13 +300,7 @@ class Stream:
             raise ProtocolError(f"guest sent {t} on fd {msg['fd']} of stream {self.id}: only "
                                 "stdout (1) and stderr (2) carry data to the host")
         if t == "data":
-            fd = msg["fd"]
-            outstanding = self._received.get(fd, 0) + len(msg["d"])
-            if outstanding > wire.WINDOW:
-                raise ProtocolError(
-                    f"guest sent {outstanding} bytes on stream {self.id} fd {fd}, "
-                    f"beyond the {wire.WINDOW}-byte window it was granted")
-            self._received[fd] = outstanding
+            self.inflow(msg["fd"]).receive(len(msg["d"]), f"stream {self.id} fd {msg['fd']}")
 
     def _deliver(self, msg: dict) -> None:
         t = msg["t"]
@@ -231,8 +313,7 @@ class Stream:
             if msg["fd"] != 0:
                 raise ProtocolError(f"guest granted credit on fd {msg['fd']} of stream "
                                     f"{self.id}: the host sends data on fd 0 only")
-            self._send_credit[0] = min(self._send_credit[0] + max(0, msg["n"]), 2**40)
-            self._credit_changed.set()
+            self.outflow.grant(msg["n"])
             return
         elif self.discarding:
             if t in ("exit", "result", "error"):  # the guest's end is over
@@ -256,23 +337,21 @@ class Stream:
             self.channel._fail(e)
 
     def _grant_now(self, fd: int) -> None:
-        # Everything received is as good as consumed. Granted in batches, so a guest that
-        # sends tiny frames gets few credit frames back.
-        self._unacked[fd] = self._unacked.get(fd, 0) + self._received.get(fd, 0)
-        self._received[fd] = 0
-        if self._unacked[fd] >= wire.WINDOW // 4:
-            grant, self._unacked[fd] = self._unacked[fd], 0
-            self.channel.send_nowait("credit", self.id, fd=fd, n=grant)
+        """Everything received on `fd` is as good as consumed: grant it back (in batches),
+        without waiting (from the reader's own path)."""
+        grant = self.inflow(fd).consume_all()
+        if grant:
+            self.channel.send_nowait(self.id, agent.credit(fd, grant))
 
     def close(self) -> None:
         self.closed = True
         self.channel.streams.pop(self.id, None)
-        self._credit_changed.set()  # a sender waiting for credit will get none now
+        self.outflow.changed.set()  # a sender waiting for credit will get none now
 
     def _wake(self) -> None:
         """The channel failed: every waiter must see it."""
         self.inbox.put_nowait(_CLOSED)
-        self._credit_changed.set()
+        self.outflow.changed.set()
         self.broken.set()
 
 
@@ -286,7 +365,6 @@ class GuestStream(Stream):
         super().__init__(channel, stream_id)
         self.first = first
         self._buf = bytearray()
-        self._outstanding = 0  # received and not yet granted back
         self.eof = False  # the guest program will send no more
         self.reset = False  # the guest ended the stream (`close`)
         self._eof_sent = False
@@ -300,20 +378,15 @@ class GuestStream(Stream):
         if t == "data":
             if self.eof or self.reset:
                 return
-            self._outstanding += len(msg["d"])
-            if self._outstanding > wire.WINDOW:
-                raise ProtocolError(
-                    f"guest sent {self._outstanding} bytes on stream {self.id}, "
-                    f"beyond the {wire.WINDOW}-byte window it was granted")
+            self.inflow(1).receive(len(msg["d"]), f"stream {self.id}")
             self._buf += msg["d"]
         elif t == "eof":
             self.eof = True
         elif t in ("close", "error"):
             self.reset = True
-            self._credit_changed.set()
+            self.outflow.changed.set()
         elif t == "credit":
-            self._send_credit[0] = min(self._send_credit[0] + max(0, msg["n"]), 2**40)
-            self._credit_changed.set()
+            self.outflow.grant(msg["n"])
             return
         else:
             return  # nothing else belongs on such a stream; ignore rather than trust
@@ -332,12 +405,10 @@ class GuestStream(Stream):
             await self._readable.wait()
         data = bytes(self._buf)
         self._buf.clear()
-        self._unacked[1] = self._unacked.get(1, 0) + len(data)
-        if self._unacked[1] >= wire.WINDOW // 4 and not (self.closed or self.reset):
-            grant, self._unacked[1] = self._unacked[1], 0
-            self._outstanding -= grant
+        grant = self.inflow(1).consume(len(data))
+        if grant and not (self.closed or self.reset):
             with contextlib.suppress(SandboxDiedError, ProtocolError):
-                await self.send("credit", fd=1, n=grant)
+                await self.send_msg(agent.credit(1, grant))
         return data
 
     def _check_writable(self) -> None:
@@ -348,26 +419,16 @@ class GuestStream(Stream):
 
     async def write(self, data: bytes) -> None:
         """Send bytes to the guest program within the credit the guest grants."""
-        view = memoryview(data)
-        while view:
-            while self._send_credit[0] <= 0:
-                self._check_writable()
-                self._credit_changed.clear()
-                await self._credit_changed.wait()
-            self._check_writable()
-            n = min(len(view), wire.CHUNK, self._send_credit[0])
-            self._send_credit[0] -= n
-            await self._send_guarded("data", fd=0, d=bytes(view[:n]))
-            view = view[n:]
+        await self._send_within_credit(data, self._check_writable, self._send_guarded)
 
     async def write_eof(self) -> None:
         if not self._eof_sent and not (self.reset or self.closed):
             self._eof_sent = True
-            await self._send_guarded("eof", fd=0)
+            await self._send_guarded(agent.eof(0))
 
-    async def _send_guarded(self, t: str, **fields) -> None:
+    async def _send_guarded(self, msg: dict) -> None:
         try:
-            await self.send(t, **fields)
+            await self.send_msg(msg)
         except (SandboxDiedError, ProtocolError) as e:
             raise ConnectionResetError(str(e)) from None
 
@@ -379,7 +440,7 @@ class GuestStream(Stream):
         self.close()
         if not self.reset:
             with contextlib.suppress(SandboxDiedError, ProtocolError):
-                await self.send("close")
+                await self.send_msg(agent.close())
 
     def close(self) -> None:
         if not self.closed:
@@ -388,17 +449,19 @@ class GuestStream(Stream):
 
 
 class Channel:
+    """The agent protocol's engine: one byte stream, many streams. Its run state
+    (`engine.RunState`) is IDLE until `handshake`, CONNECTING during it, RUNNING once the
+    reader runs, CLOSED once it failed or was closed; the control stream's acknowledgements
+    (`pong`, `shutdown`, `parked`) are its pending requests."""
+
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
                  describe_death=None):
         self.reader = reader
         self.writer = writer
         self.streams: dict[int, Stream] = {}
         self._ids = itertools.count(1, 2)  # host-opened streams are odd
-        self._pings: dict[int, asyncio.Future] = {}
         self._ping_ids = itertools.count(1)
-        # control-stream replies awaited by type: "shutdown" and "parked"
-        self._acks: dict[str, asyncio.Future] = {}
-        self._error: BaseException | None = None
+        self.run = RunState("the sandbox's agent channel", gone="the sandbox is gone")
         self._reader_task: asyncio.Task | None = None
         self._write_lock = asyncio.Lock()
         self._describe_death = describe_death or (lambda: "")
@@ -409,30 +472,26 @@ class Channel:
 
     # ---- lifecycle ---------------------------------------------------------------------
 
-    async def handshake(self, *, resume: tuple[bytes, int] | None = None) -> dict:
+    async def handshake(self, *, resume: dict | None = None) -> dict:
         """Read the guest's hello, check its version, answer with ours, start reading.
-        With `resume` (entropy, wall-clock ns), the guest is a clone restored from a saved
-        state: its agent waits for that first and only then says hello."""
+        With `resume` (an `agent_client.resume()` message), the guest is a clone restored
+        from a saved state: its agent waits for that first and only then says hello."""
+        self.run.require(Runstate.IDLE)
+        self.run.enter(Runstate.CONNECTING)
         if resume is not None:
-            entropy, time_ns = resume
-            await self.send("resume", 0, entropy=entropy, time_ns=time_ns)
+            await self.send_msg(wire.CONTROL, resume)
         decoder = wire.FrameDecoder()
         msgs: list[dict] = []
         while not msgs:
             msgs = await self._read_frames(
                 decoder, "the guest agent closed the channel before saying hello",
                 "bad hello from the guest agent")
-        hello = msgs[0]
-        if hello["t"] != "hello":
-            raise ProtocolError(f"guest agent sent {hello['t']!r} before hello")
-        if hello["version"] != wire.VERSION:
-            raise ProtocolError(
-                f"guest agent speaks protocol version {hello['version']}, this host speaks "
-                f"{wire.VERSION}: rebuild the guest image with `shuru init --force`")
-        self.guest_hello = hello
-        await self.send("hello", 0, version=wire.VERSION)
+        self.guest_hello = agent.parse_hello(msgs[0])
+        await self.send_msg(wire.CONTROL, agent.hello())
+        self.run.require(Runstate.CONNECTING)  # closed meanwhile: no reader to start
         self._reader_task = asyncio.create_task(self._read_loop(decoder, msgs[1:]))
-        return hello
+        self.run.enter(Runstate.RUNNING)
+        return self.guest_hello
 
     async def _read_loop(self, decoder: wire.FrameDecoder, backlog: list[dict]) -> None:
         try:
@@ -464,14 +523,9 @@ class Channel:
     def _route(self, msg: dict) -> None:
         s, t = msg["s"], msg["t"]
         if s == wire.CONTROL:
-            if t == "pong":
-                fut = self._pings.pop(msg["id"], None)
-                if fut and not fut.done():
-                    fut.set_result(None)
-            elif t in ("shutdown", "parked"):
-                fut = self._acks.pop(t, None)
-                if fut and not fut.done():
-                    fut.set_result(None)
+            fut = self.run.take(agent.ack_key(msg))  # someone waits for it; else dropped
+            if fut is not None:
+                fut.set_result(None)
             return
         stream = self.streams.get(s)
         if stream is not None:
@@ -490,7 +544,7 @@ class Channel:
         self._guest_last = s
         if self._on_guest_stream is None or self._guest_open >= MAX_GUEST_STREAMS:
             # Networking is off, or the guest has too many open: it resets the connection.
-            self.send_nowait("close", s)
+            self.send_nowait(s, agent.close())
             return
         stream = GuestStream(self, s, msg)
         self.streams[s] = stream
@@ -498,34 +552,24 @@ class Channel:
         self._on_guest_stream(stream)
 
     def _fail(self, error: BaseException) -> None:
-        if self._error is None:
-            self._error = error
+        self.run.fail(error)  # every pending acknowledgement fails with it
         for stream in list(self.streams.values()):
             stream._wake()
-        for fut in list(self._pings.values()):
-            if not fut.done():
-                fut.set_exception(self.closed_error())
-        for fut in list(self._acks.values()):
-            if not fut.done():
-                fut.set_exception(self.closed_error())
 
     def closed_error(self) -> BaseException:
-        err = self._error
-        if isinstance(err, SandboxDiedError) or err is None:
-            return SandboxDiedError(str(err) if err else "the sandbox is gone")
-        if isinstance(err, ProtocolError):
-            return ProtocolError(str(err))
-        return SandboxDiedError(f"the sandbox's agent channel failed: {err}")
+        return self.run.closed_error()
 
     def check_open(self) -> None:
-        if self._error is not None:
+        """Raise the error that ended the channel, if it ended."""
+        if not self.run.is_open:
             raise self.closed_error()
 
     @property
     def is_open(self) -> bool:
-        return self._error is None
+        return self.run.is_open
 
     async def close(self) -> None:
+        self.run.enter(Runstate.DISCONNECTING)
         if self._reader_task:
             self._reader_task.cancel()
             with contextlib.suppress(BaseException):
@@ -537,9 +581,13 @@ class Channel:
     # ---- sending -----------------------------------------------------------------------
 
     async def send(self, t: str, s: int, **fields) -> None:
-        self.check_open()
+        await self.send_msg(s, {"t": t, **fields})
+
+    async def send_msg(self, s: int, msg: dict) -> None:
+        """Send one message (built by `agent_client`) on stream `s`."""
+        self.run.require(Runstate.CONNECTING, Runstate.RUNNING)
         # A request too big for one frame (a long argv) goes in parts the guest joins.
-        frame = b"".join(wire.request_frames({"t": t, "s": s, **fields}))
+        frame = b"".join(wire.request_frames({**msg, "s": s}))
         try:
             async with self._write_lock:
                 self.writer.write(frame)
@@ -549,42 +597,42 @@ class Channel:
                                         console_tail=self._describe_death()))
             raise self.closed_error() from None
 
-    def send_nowait(self, t: str, s: int, **fields) -> None:
-        """Queue a frame from the reader's own path (a refusal, credit for discarded data)
-        without waiting for the guest to read it. Each is answered to something the guest
-        sent, so a guest that keeps sending without reading its channel is cut off before
-        this much piles up."""
+    def send_nowait(self, s: int, msg: dict) -> None:
+        """Queue a message from the reader's own path (a refusal, credit for discarded
+        data) without waiting for the guest to read it. Each is answered to something the
+        guest sent, so a guest that keeps sending without reading its channel is cut off
+        before this much piles up."""
         if self.writer.transport.get_write_buffer_size() > _MAX_UNREAD:
             raise ProtocolError("the guest keeps sending without reading the host's answers")
-        self.writer.write(wire.message(t, s, **fields))
+        self.writer.write(wire.encode({**msg, "s": s}))
 
     def open_stream(self, factory=Stream) -> Stream:
         """A new host-opened stream; `factory(channel, id)` makes it (a Stream subclass)."""
-        self.check_open()
+        self.run.require(Runstate.RUNNING)
         stream = factory(self, next(self._ids))
         self.streams[stream.id] = stream
         return stream
 
-    async def ping(self) -> None:
-        fut = asyncio.get_running_loop().create_future()
-        ping_id = next(self._ping_ids)
-        self._pings[ping_id] = fut
+    async def _control(self, request: dict) -> None:
+        """Send a control-stream request and wait for its acknowledgement."""
+        ack = agent.ack_key(request)
+        fut = self.run.expect(ack)
         try:
-            await self.send("ping", 0, id=ping_id)
+            await self.send_msg(wire.CONTROL, request)
             await fut
         finally:
-            self._pings.pop(ping_id, None)  # a ping given up on leaves nothing behind
+            self.run.forget(ack)
 
-    async def _request(self, t: str, reply: str) -> None:
-        fut = self._acks[reply] = asyncio.get_running_loop().create_future()
-        await self.send(t, 0)
-        await fut
+    async def ping(self) -> None:
+        """Returns once the agent (or a detached sandbox's supervisor) answered: the channel
+        is alive and serving."""
+        await self._control(agent.ping(next(self._ping_ids)))
 
     async def shutdown(self) -> None:
         """Ask the agent to sync the disks and power off; returns once it acknowledged."""
-        await self._request("shutdown", "shutdown")
+        await self._control(agent.shutdown())
 
     async def park(self) -> None:
         """Ask the agent to end everything and wait, idle, to be saved as a machine state;
         returns once it is parked. Nothing may be sent on this channel afterwards."""
-        await self._request("park", "parked")
+        await self._control(agent.park())

@@ -29,8 +29,10 @@ from typing import Any, AsyncGenerator, AsyncIterator, Callable
 
 from shuru_guest import wire
 
+from . import agent_client as agent
+from .agent_client import HOME
 from .channel import Channel, Stream
-from .errors import GuestFileError, ProtocolError, ShuruError, ShuruWarning, guest_file_error
+from .errors import GuestFileError, ProtocolError, ShuruError, ShuruWarning
 
 CHUNK = 1024 * 1024  # how much we read from a host file or iterator per step
 # Default cap on the bytes one `download` writes to the host (all its files together): a
@@ -38,7 +40,6 @@ CHUNK = 1024 * 1024  # how much we read from a host file or iterator per step
 MAX_DOWNLOAD = 4 * 1024 ** 3
 # Files copied at once by upload and download: enough to hide the round trips.
 PARALLEL = 8
-HOME = "/root"  # relative paths' base when the sandbox has no working directory configured
 
 
 @dataclass(frozen=True)
@@ -100,17 +101,9 @@ def _mode(mode: object, path: str, field: str = "mode") -> int:
     return mode
 
 
-def guest_error(msg: dict, fallback_path: str) -> ShuruError:
-    return guest_file_error(msg.get("code"), msg.get("message"),
-                            msg.get("path") or fallback_path)
-
-
 def _info(value: object) -> FileInfo:
     """A guest entry as a FileInfo; the guest is untrusted, so its fields are checked."""
-    try:
-        entry = wire.check_entry(value)
-    except wire.WireError as e:
-        raise ProtocolError(f"guest sent a bad file entry: {e}") from None
+    entry = agent.parse_entry(value)
     return FileInfo(**{k: entry[k] for k in FileInfo.__dataclass_fields__})
 
 
@@ -126,10 +119,11 @@ class Files:
         return guest_path(path, field, self._workdir() or HOME)
 
     async def _call(self, op: str, path: str, **fields) -> object:
+        """One `fs` op; its result's value, checked against what the op answers."""
         stream = self._channel().open_stream()
         try:
-            await stream.send("fs", op=op, path=path, **fields)
-            return await _final(stream, path)
+            await stream.send_msg(agent.fs(op, path, **fields))
+            return agent.parse_value(op, path, await _final(stream, op, path))
         finally:
             stream.close()
 
@@ -139,7 +133,7 @@ class Files:
         return _info(await self._call("stat", self._path(path)))
 
     async def exists(self, path: str) -> bool:
-        return bool(await self._call("exists", self._path(path)))
+        return await self._call("exists", self._path(path))
 
     async def list(self, path: str) -> list[FileInfo]:
         """A directory's entries, sorted by name (see `iter_list` for one that streams)."""
@@ -195,7 +189,7 @@ class Files:
         decoder = wire.EntryDecoder()
         done = False
         try:
-            await stream.send("fs", op=op, path=path)
+            await stream.send_msg(agent.fs(op, path))
             while True:
                 msg = await stream.recv()
                 if msg["t"] == "data" and msg["fd"] == 1:
@@ -211,12 +205,14 @@ class Files:
                         decoder.finish()
                     except wire.WireError as e:
                         raise ProtocolError(f"guest sent a bad {op} of {path}: {e}") from None
-                    await _final(stream, path)
+                    agent.parse_value(op, path, await _final(stream, op, path))
                     done = True
                     return
-                elif msg["t"] == "error":
-                    done = True
-                    raise guest_error(msg, path)
+                else:  # the guest's error ends the stream; anything else is nonsense
+                    done = msg["t"] == "error"
+                    agent.parse_result(msg, op, path)
+                    raise ProtocolError(f"guest answered {op} of {path} with a result "
+                                        "before the end of its entries")
         finally:
             await _abandon(stream, done)
 
@@ -235,7 +231,7 @@ class Files:
         received = 0
         done = False
         try:
-            await stream.send("read", path=path, limit=limit)
+            await stream.send_msg(agent.read(path, limit))
             while True:
                 msg = await stream.recv()
                 if msg["t"] == "data" and msg["fd"] == 1:
@@ -246,12 +242,14 @@ class Files:
                     yield msg["d"]
                     await stream.consumed(1, len(msg["d"]))
                 elif msg["t"] == "eof":
-                    await _final(stream, path)
+                    agent.parse_size(await _final(stream, "read", path), f"read of {path}")
                     done = True
                     return
-                elif msg["t"] == "error":
-                    done = True
-                    raise guest_error(msg, path)
+                else:  # the guest's error ends the stream; anything else is nonsense
+                    done = msg["t"] == "error"
+                    agent.parse_result(msg, "read", path)
+                    raise ProtocolError(f"guest answered read of {path} with a result "
+                                        "before the end of its data")
         finally:
             await _abandon(stream, done)
 
@@ -271,10 +269,10 @@ class Files:
             mode = _mode(mode, path)
         stream = self._channel().open_stream()
         try:
-            await stream.send("write", path=path, mode=mode, append=bool(append), parents=True)
+            await stream.send_msg(agent.write(path, mode=mode, append=append, parents=True))
             sender = asyncio.create_task(_send_all(stream, data))
             # The guest may refuse at open (or fail midway); its answer wins over sending.
-            answer = asyncio.create_task(_final(stream, path))
+            answer = asyncio.create_task(_final(stream, "write", path))
             done, _ = await asyncio.wait({sender, answer}, return_when=asyncio.FIRST_COMPLETED)
             if answer in done:
                 sender.cancel()
@@ -285,12 +283,8 @@ class Files:
             except BaseException:
                 answer.cancel()
                 raise
-            await stream.send("eof", fd=0)
-            result = await answer
-            size = result.get("size", 0) if isinstance(result, dict) else 0
-            if isinstance(size, bool) or not isinstance(size, int):
-                raise ProtocolError(f"guest answered a write of {path} with size {size!r}")
-            return size
+            await stream.send_msg(agent.eof(0))
+            return agent.parse_size(await answer, f"write of {path}")
         finally:
             stream.close()
 
@@ -573,17 +567,13 @@ async def _abandon(stream: Stream, done: bool) -> None:
     stream.close()
     if not done and stream.channel.is_open:
         with contextlib.suppress(ShuruError):
-            await stream.channel.send("cancel", stream.id)
+            await stream.send_msg(agent.cancel())
 
 
-async def _final(stream: Stream, path: str) -> object:
-    """Wait for the stream's closing `result` (or `error`) and return its value."""
-    while True:
-        msg = await stream.recv()
-        if msg["t"] == "result":
-            return msg.get("value")
-        if msg["t"] == "error":
-            raise guest_error(msg, path)
+async def _final(stream: Stream, what: str, path: str) -> object:
+    """Wait for the stream's closing `result` (or `error`) and return its value; anything
+    else the guest sends there is a ProtocolError."""
+    return agent.parse_result(await stream.recv(), what, path)
 
 
 async def _chunks(data) -> AsyncIterator[bytes]:
@@ -631,9 +621,15 @@ class Watch:
         try:
             while True:
                 msg = await self._stream.recv()
-                if msg["t"] == "event" and not self._stopped:
-                    event = WatchEvent(msg["kind"], msg["path"], msg.get("dest"),
-                                       bool(msg.get("is_dir", False)))
+                fields = agent.parse_event(msg, self.path)
+                if fields is None:  # the end: stopped, or the guest's error
+                    try:
+                        agent.parse_result(msg, "watch", self.path)
+                    except ShuruError as e:
+                        self.error = e
+                    return
+                if not self._stopped:
+                    event = WatchEvent(*fields)
                     try:
                         result = self._callback(event)
                         if inspect.isawaitable(result):
@@ -641,11 +637,6 @@ class Watch:
                     except Exception as e:
                         self.error, self._callback_failed = e, True
                         break
-                elif msg["t"] == "result":
-                    return
-                elif msg["t"] == "error":
-                    self.error = guest_error(msg, self.path)
-                    return
         except ShuruError as e:  # the channel failed or the guest broke the protocol
             self.error = e
             return
@@ -655,7 +646,7 @@ class Watch:
         # The callback failed: the guest stops watching, what it still sends is dropped.
         self._stream.discard()
         with contextlib.suppress(ShuruError):
-            await self._stream.send("cancel")
+            await self._stream.send_msg(agent.cancel())
         raise self.error
 
     async def wait(self, timeout: float | None = None) -> None:
@@ -674,11 +665,11 @@ class Watch:
         if asyncio.current_task() is self._task:
             # From the callback: the guest's answer to `cancel` ends the watch's loop.
             with contextlib.suppress(ShuruError):
-                await self._stream.send("cancel")
+                await self._stream.send_msg(agent.cancel())
             return
         if not self._task.done():
             try:
-                await self._stream.send("cancel")
+                await self._stream.send_msg(agent.cancel())
                 await asyncio.wait_for(asyncio.wait({self._task}), 10)
             except (ShuruError, asyncio.TimeoutError):
                 self._task.cancel()
@@ -696,9 +687,9 @@ async def start_watch(channel: Channel, path: str, callback: Callable,
                       recursive: bool = True, cwd: str | None = None) -> Watch:
     path = guest_path(path, cwd=cwd or HOME)
     stream = channel.open_stream()
-    await stream.send("watch", path=path, recursive=bool(recursive))
+    await stream.send_msg(agent.watch(path, recursive))
     try:
-        await _final(stream, path)  # the watch is in place once this returns
+        await _final(stream, "watch", path)  # the watch is in place once this returns
     except BaseException:
         stream.close()
         raise

@@ -28,9 +28,9 @@ import errno
 import os
 import shutil
 import stat as st
-from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from . import agent_client as agent
 from .channel import Channel, Stream
 from .errors import (ConfigError, GuestFileError, MountError, ProtocolError,
                      SandboxDiedError)
@@ -479,10 +479,9 @@ class ActiveMount:
     async def serve(self) -> None:
         try:
             while True:
-                msg = await self.stream.recv()
-                if msg["t"] != "fsop" or not isinstance(msg.get("id"), int):
-                    continue
-                await self.stream.send("fsreply", id=msg["id"], **answer(self.server, msg))
+                op = agent.parse_fsop(await self.stream.recv())
+                if op is not None:
+                    await self.stream.send_msg(agent.fsreply(op["id"], answer(self.server, op)))
         except (SandboxDiedError, ProtocolError):
             pass
         finally:
@@ -497,7 +496,7 @@ class ActiveMount:
         if not self.stream.closed:
             self.stream.close()
             with contextlib.suppress(Exception):
-                await self.stream.channel.send("close", self.stream.id)
+                await self.stream.send_msg(agent.close())
 
 
 async def mount(channel: Channel, spec: MountSpec) -> ActiveMount:
@@ -509,21 +508,21 @@ async def mount(channel: Channel, spec: MountSpec) -> ActiveMount:
     stream = channel.open_stream()
     active = ActiveMount(spec, stream, server)
     try:
-        await stream.send("mount", path=spec.guest, rw=spec.mode == "rw")
+        await stream.send_msg(agent.mount(spec.guest, rw=spec.mode == "rw"))
         while True:  # the set-up asks questions before it answers
             msg = await stream.recv()
-            if msg["t"] == "fsop" and isinstance(msg.get("id"), int):
-                await stream.send("fsreply", id=msg["id"], **answer(server, msg))
+            if (op := agent.parse_fsop(msg)) is not None:
+                await stream.send_msg(agent.fsreply(op["id"], answer(server, op)))
             elif msg["t"] == "result":
-                value = msg.get("value")
-                upper = value.get("upper") if isinstance(value, dict) else None
-                active.upper = upper if isinstance(upper, str) else None
+                active.upper = agent.parse_mount_ready(msg.get("value"))
                 break
             elif msg["t"] == "error":
                 stream.close()
                 server.close()
                 raise MountError(f"cannot mount {spec.host} on {spec.guest} in the sandbox: "
                                  f"{msg.get('message')}")
+            else:
+                raise ProtocolError(f"guest answered mount of {spec.guest} with {msg['t']!r}")
     except BaseException:
         if not stream.closed:
             stream.close()

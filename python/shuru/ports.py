@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 
 from shuru_guest import wire
 
+from . import agent_client as agent
 from .channel import Channel, GuestStream, Stream
 from .errors import ConfigError, PortError, ProtocolError, SandboxDiedError
 
@@ -148,20 +149,34 @@ def _show(value: Any) -> str:
 class PortStream(GuestStream):
     """A `tcp_connect` stream: the same byte relay as a guest-opened connection (fd 0 to the
     guest server, fd 1 from it), opened by the host. `answered` is set by the guest's
-    `result` (connected) or `error` (nothing listens), or when the channel goes away."""
+    `result` (connected) or `error` (nothing listens), or when the channel goes away. Any
+    other answer is nonsense: the stream ends at once (the guest is told `close`) and `bad`
+    holds the ProtocolError; the channel goes on."""
 
     def __init__(self, channel: Channel, stream_id: int):
         super().__init__(channel, stream_id, {"t": "tcp_connect"})
         self.answered = asyncio.Event()
         self.connected = False
         self.refusal: dict | None = None
+        self.bad: ProtocolError | None = None
 
     def _deliver(self, msg: dict) -> None:
-        if msg["t"] == "result":
+        if self.bad is not None:
+            return
+        try:
+            answer = agent.parse_tcp_answer(msg)
+        except ProtocolError as e:
+            self.bad, self.reset = e, True
+            self.answered.set()
+            self._readable.set()
+            self.outflow.changed.set()
+            self.channel.send_nowait(self.id, agent.close())
+            return
+        if answer is True:
             self.connected = True
             self.answered.set()
             return
-        if msg["t"] == "error":
+        if answer is False:
             self.refusal = msg
             self.answered.set()
         super()._deliver(msg)
@@ -179,7 +194,7 @@ async def open_stream(channel: Channel, guest_port: int) -> PortStream:
     the answer: the guest holds them, within credit, until it is connected)."""
     stream = channel.open_stream(PortStream)
     try:
-        await stream.send("tcp_connect", port=guest_port)
+        await stream.send_msg(agent.tcp_connect(guest_port))
     except BaseException:
         stream.close()
         raise
@@ -318,6 +333,8 @@ class PortForwards:
         await stream.answered.wait()
         if not stream.connected:
             stream.close()
+            if stream.bad is not None:
+                raise stream.bad
             if stream.refusal is None:
                 channel.check_open()
                 raise SandboxDiedError("the sandbox's agent channel closed")

@@ -27,8 +27,9 @@ from typing import AsyncGenerator, Callable
 
 from shuru_guest import wire
 
+from . import agent_client as agent
 from .channel import Stream
-from .errors import ExecError, ExecOutputLimitError, ExecTimeoutError, ShuruError
+from .errors import ExecOutputLimitError, ExecTimeoutError, ShuruError
 
 STDOUT, STDERR = 1, 2
 _NAMES = {STDOUT: "stdout", STDERR: "stderr"}
@@ -74,31 +75,20 @@ class OutputChunk:
         return self.data.decode("utf-8", "replace")
 
 
-def exit_status(msg: dict) -> tuple[int, int | None]:
-    """Shell convention: a process killed by signal N exits with 128 + N."""
-    if msg.get("signal") is not None:
-        return 128 + msg["signal"], msg["signal"]
-    return msg.get("code") or 0, None
-
-
 async def start_stream(stream: Stream, argv: list[str], **options) -> int:
-    """Send exec and wait for the guest to say the process started; returns its pid."""
-    fields = {k: v for k, v in options.items() if v is not None}
-    await stream.send("exec", argv=argv, **fields)
+    """Send exec (`options` are `agent_client.exec_`'s: cwd, env, user, stdin, tty, rows,
+    cols) and wait for the guest to say the process started; returns its pid."""
+    await stream.send_msg(agent.exec_(argv, **options))
     try:
         msg = await stream.recv()
+        if msg["t"] == "error":
+            stream.close()  # the guest's end is over: nothing started
+        return agent.parse_started(msg, argv)
     except BaseException:
-        # Cancelled (or the channel failed) while the guest may be starting it: whatever
-        # starts is killed, as nobody will ever hold its Process.
+        # Cancelled, the channel failed, or the guest answered nonsense, while the guest
+        # may be starting it: whatever starts is killed, as nobody will hold its Process.
         await abandon(stream)
         raise
-    if msg["t"] == "started":
-        return msg["pid"]
-    if msg["t"] == "error":
-        stream.close()
-        raise ExecError(f"cannot start {argv[0]!r} in the guest: {msg['message']}")
-    await abandon(stream)
-    raise ExecError(f"unexpected {msg['t']!r} from the guest while starting {argv[0]!r}")
 
 
 async def abandon(stream: Stream) -> None:
@@ -108,7 +98,7 @@ async def abandon(stream: Stream) -> None:
         return
     stream.discard()
     with contextlib.suppress(ShuruError):
-        await stream.send("signal", sig=int(_signal.SIGKILL), group=True)
+        await stream.send_msg(agent.signal(_signal.SIGKILL, group=True))
 
 
 class _Output:
@@ -206,7 +196,9 @@ class Process:
     async def _run(self) -> None:
         try:
             while True:
-                msg = await self._stream.recv()
+                msg = agent.exec_output(await self._stream.recv())
+                if msg is None:
+                    continue
                 if msg["t"] == "data":  # the channel admits stdout and stderr only
                     name = _NAMES[msg["fd"]]
                     await self._emit(name, msg["d"])
@@ -214,7 +206,7 @@ class Process:
                         await self._output.put(OutputChunk(name, msg["d"]))
                     await self._stream.consumed(msg["fd"], len(msg["d"]))
                 elif msg["t"] == "exit":
-                    self.exit_code, self.exit_signal = exit_status(msg)
+                    self.exit_code, self.exit_signal = agent.exit_status(msg)
                     self._stream.close()
                     await self._emit("exit", self.exit_code)
                     break
@@ -263,18 +255,18 @@ class Process:
         await self._stream.send_data(0, data)
 
     async def close_stdin(self) -> None:
-        await self._stream.send("eof", fd=0)
+        await self._stream.send_msg(agent.eof(0))
 
     async def signal(self, sig: int = _signal.SIGTERM, *, group: bool = True) -> None:
         """Send a signal to the process (and by default its whole process group)."""
         if not self._exit.done():
-            await self._stream.send("signal", sig=int(sig), group=group)
+            await self._stream.send_msg(agent.signal(sig, group))
 
     async def kill(self) -> None:
         await self.signal(_signal.SIGKILL)
 
     async def resize(self, rows: int, cols: int) -> None:
-        await self._stream.send("resize", rows=rows, cols=cols)
+        await self._stream.send_msg(agent.resize(rows, cols))
 
     async def wait(self, timeout: float | None = None) -> int:
         """Wait for the process to exit and its `exit` callbacks to run; return its exit
@@ -315,11 +307,13 @@ async def run_to_completion(stream: Stream, argv: list[str], *, stdin: bytes | N
     async def feed() -> None:
         if stdin:
             await stream.send_data(0, stdin)
-        await stream.send("eof", fd=0)
+        await stream.send_msg(agent.eof(0))
 
     async def collect() -> dict | None:
         while True:
-            msg = await stream.recv()
+            msg = agent.exec_output(await stream.recv())
+            if msg is None:
+                continue
             if msg["t"] == "data":  # the channel admits stdout and stderr only
                 kept, data = out[msg["fd"]], msg["d"]
                 if len(kept) + len(data) > max_output:
@@ -355,5 +349,5 @@ async def run_to_completion(stream: Stream, argv: list[str], *, stdin: bytes | N
             stream=name,
             hint="pass a larger max_output=, or stream the output with spawn(), or write it "
                  "to a file in the guest and fetch it with files.download()")
-    code, sig = exit_status(msg)
+    code, sig = agent.exit_status(msg)
     return ExecResult(bytes(out[STDOUT]), bytes(out[STDERR]), code, sig)

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from shuru import agent_client
 from shuru.channel import Channel
 from shuru.errors import ExecTimeoutError, ProtocolError, SandboxDiedError
 from shuru.process import Process, run_to_completion, start_stream
@@ -89,7 +90,7 @@ async def test_flow_control_stops_a_producer_that_nobody_reads(agent):
     await asyncio.wait_for(_until(lambda: proc._output.full), 30)
     buffered = sum(len(c.data) for c in list(proc._output._chunks))
     assert buffered <= wire.WINDOW + wire.CHUNK
-    assert stream._received.get(1, 0) <= wire.WINDOW
+    assert stream.inflow(1).outstanding <= wire.WINDOW
     # Draining lets it finish.
     total = 0
     async for chunk in proc:
@@ -266,7 +267,7 @@ async def test_park_then_resume_greets_a_new_host_and_serves_it():
         host.settimeout(None)
         reader, writer = await asyncio.open_connection(sock=host)
         ch = Channel(reader, writer)
-        hello = await ch.handshake(resume=(os.urandom(64), time.time_ns()))
+        hello = await ch.handshake(resume=agent_client.resume(os.urandom(64), time.time_ns()))
         assert hello["pid"] == proc.pid
         r = await run(ch, ["sh", "-c", f"kill -0 {started['pid']} 2>/dev/null; echo $?"])
         # The parked agent killed the sleep (a zombie until reaped still answers kill -0,

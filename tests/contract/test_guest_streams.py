@@ -149,7 +149,7 @@ async def test_repeated_control_frames_do_not_pile_up(pair):
     await until(lambda: opened and opened[0].reset)
     stream = opened[0]
     assert stream.inbox.qsize() == 0 and await stream.read() == b""
-    assert stream._send_credit[0] <= 2**40
+    assert stream.outflow.credit <= 2**40
     with pytest.raises(ConnectionResetError):
         await stream.write(b"x")
 

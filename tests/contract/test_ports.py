@@ -11,7 +11,7 @@ import socket
 
 import pytest
 
-from shuru.errors import PortError
+from shuru.errors import PortError, ProtocolError
 from shuru.ports import PortForwards, open_stream
 from shuru_guest import wire
 
@@ -288,8 +288,14 @@ async def test_a_guest_answering_nonsense_does_not_open_the_connection(pair):
     fw.attach(ch)
     connecting = asyncio.create_task(fw.connect(8000))
     await guest.expect("tcp_connect", 1)
-    await guest.send("started", 1, pid=5)  # not an answer to tcp_connect: ignored
-    await guest.send("error", 1, code="EACCES", message="no")
+    await guest.send("started", 1, pid=5)  # not an answer to tcp_connect
+    with pytest.raises(ProtocolError, match="answered tcp_connect with 'started'"):
+        await asyncio.wait_for(connecting, TIMEOUT)
+    await guest.expect("close", 1)  # the guest is told the stream is over
+    # The channel goes on: the next connection is answered as usual.
+    connecting = asyncio.create_task(fw.connect(8000))
+    await guest.expect("tcp_connect", 3)
+    await guest.send("error", 3, code="EACCES", message="no")
     with pytest.raises(PortError, match="cannot connect to port 8000.*no") as e:
         await asyncio.wait_for(connecting, TIMEOUT)
     assert e.value.code == "EACCES"

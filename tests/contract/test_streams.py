@@ -137,7 +137,7 @@ async def test_tiny_and_empty_frames_on_both_fds_stay_bounded(pair):
                    wire.message("data", stream.id, fd=2, d=b"")]
     frames.append(wire.message("eof", stream.id, fd=1))
     await guest.send_raw(b"".join(frames))
-    await until(lambda: stream._received.get(2, 0) == n)
+    await until(lambda: stream.inflow(2).outstanding == n)
     assert stream.inbox.qsize() <= 4
     got = {1: bytearray(), 2: bytearray()}
     while (msg := await stream.recv())["t"] == "data":
@@ -152,13 +152,13 @@ async def test_pings_the_guest_never_answers_leave_nothing_behind(pair):
     for _ in range(3):
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(ch.ping(), 0.05)
-    assert ch._pings == {}
+    assert ch.run._pending == {}
     answered = asyncio.create_task(ch.ping())
     for _ in range(4):  # the three given up on, then this one
         ping = await guest.expect("ping", 0)
     await guest.send("pong", 0, id=ping["id"])
     await asyncio.wait_for(answered, 10)
-    assert ch._pings == {}
+    assert ch.run._pending == {}
 
 # ---- calls that must end ------------------------------------------------------------------------
 
@@ -440,7 +440,7 @@ async def test_a_write_waiting_for_credit_ends_when_the_process_exits(agent):
     # the guest drops what a process that closed its stdin will never read).
     proc = await spawn(agent.channel, ["sleep", "1000"])
     writer = asyncio.create_task(proc.write(b"x" * (4 * wire.WINDOW)))
-    await until(lambda: proc._stream._send_credit[0] <= 0)
+    await until(lambda: proc._stream.outflow.credit <= 0)
     await proc.kill()
     assert await proc.wait(timeout=10) == 128 + signal.SIGKILL
     await asyncio.wait_for(writer, 10)

@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
-import time
 import warnings
 from dataclasses import dataclass
 from typing import Callable
 
 from ..backends import rundir as runtime
 from . import states
+from .. import agent_client as agent
 from ..backends.base import MachineSpec
 from ..channel import Channel
 from ..errors import BootError, SandboxDiedError, ShuruError, ShuruWarning
@@ -39,7 +38,6 @@ BOOT_TIMEOUT = float(os.environ.get("SHURU_BOOT_TIMEOUT", "90"))
 # A restored agent answers within a fraction of a second; one that does not within this is
 # a state that did not load properly, and the start falls back to a cold boot.
 RESUME_TIMEOUT = float(os.environ.get("SHURU_RESUME_TIMEOUT", "30"))
-ENTROPY_BYTES = 64
 
 
 async def connect_agent(machine, *, timeout: float = BOOT_TIMEOUT,
@@ -48,8 +46,7 @@ async def connect_agent(machine, *, timeout: float = BOOT_TIMEOUT,
     BootError with the console tail."""
     reader, writer = machine.agent
     channel = Channel(reader, writer, describe_death=machine.console_tail)
-    token = (secrets.token_bytes(ENTROPY_BYTES), time.time_ns()) if resume else None
-    hello = asyncio.ensure_future(channel.handshake(resume=token))
+    hello = asyncio.ensure_future(channel.handshake(resume=agent.resume() if resume else None))
     try:
         done, _ = await asyncio.wait({hello, machine.exited}, timeout=timeout,
                                      return_when=asyncio.FIRST_COMPLETED)
@@ -106,7 +103,7 @@ async def save(backend, spec: MachineSpec, layer: states.Layer, ident: dict,
             # One command first, so what every exec touches (the agent's spawn path, the
             # shell) is already in the saved memory instead of being paged in by each clone.
             await run_to_completion(channel.open_stream(), ["/bin/sh", "-c", "true"],
-                                    stdin=None, timeout=60, cwd="/", env={}, user=None)
+                                    stdin=None, timeout=60, cwd="/")
             await channel.park()
             await machine.save_state(work / "state.bin")
             await channel.close()

@@ -105,7 +105,7 @@ class RelayStream(Stream):
         self.orphaned = False  # the client left: drop, grant credit, wait for the end
 
     def credited(self, fd: int, n: int) -> None:
-        self._received[fd] = max(0, self._received.get(fd, 0) - max(0, n))
+        self.inflow(fd).granted(n)
 
     def _deliver(self, msg: dict) -> None:
         t = msg["t"]

@@ -18,6 +18,7 @@ import logging
 import os
 from typing import Mapping
 
+from .. import agent_client as agent
 from ..channel import Channel, GuestStream
 from ..errors import BootError, ConfigError, ProtocolError, SandboxDiedError
 
@@ -82,14 +83,12 @@ class NetworkSession:
         await files.write(path, self.proxy.guest_ca_bundle(), mode=0o644)
         stream = channel.open_stream()
         try:
-            await stream.send("net", ca_bundle=path)
-            reply = await stream.recv()
+            await stream.send_msg(agent.net(ca_bundle=path))
+            refusal = agent.parse_net(await stream.recv())
         finally:
             stream.close()
-        if reply["t"] == "error":
-            raise BootError(f"the guest could not enable networking: {reply.get('message')}")
-        if reply["t"] != "result":
-            raise ProtocolError(f"guest answered the network request with {reply['t']!r}")
+        if refusal is not None:
+            raise BootError(f"the guest could not enable networking: {refusal}")
 
     def _serve_soon(self, stream: GuestStream) -> None:
         task = asyncio.get_running_loop().create_task(self._serve(stream))
@@ -102,7 +101,7 @@ class NetworkSession:
             if first["t"] == "dns":
                 answer = await self.proxy.dns(first["d"])
                 if answer and len(answer) <= 65535:
-                    await stream.send("dns", d=answer)
+                    await stream.send_msg(agent.dns_answer(answer))
                     stream.close()  # the answer ends the stream
             elif valid_destination(first.get("ip"), first.get("port")):
                 await self.proxy.connect(first["ip"], first["port"], ChannelGuestConn(stream))

@@ -35,6 +35,7 @@ from ...errors import (
     SandboxDiedError,
     ShuruError,
 )
+from ...engine import Runstate, RunState
 from ..rundir import RunDir, die_with_parent, disk_root
 from ...sanitize import neutralise
 from . import protocol as hp
@@ -148,8 +149,9 @@ class HelperClient:
     """The protocol engine for one helper connection, in the manner of qemu.qmp: requests get
     ids and futures, events go to a callback, and descriptors are queued in arrival order —
     each arrives with the first byte of the `connect` reply it belongs to, so a reply that
-    expects one takes the oldest queued descriptor. Any protocol breach, or the connection
-    ending, fails every pending request with the same error."""
+    expects one takes the oldest queued descriptor. Its run state is `engine.RunState`'s, as
+    for the agent channel and QMP: RUNNING from the connection on, CLOSED once any protocol
+    breach or the connection ending failed every pending request with the same error."""
 
     def __init__(self, sock: socket.socket, *, name: str, on_event: Callable[[dict], None]):
         self._sock = sock
@@ -157,11 +159,11 @@ class HelperClient:
         self._on_event = on_event
         self._loop = asyncio.get_running_loop()
         self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future] = {}
+        self.run = RunState(f"the control connection to {name}")
+        self.run.enter(Runstate.RUNNING)
         self._wants_fd: set[int] = set()
         self._fds: deque[int] = deque()
         self._splitter = hp.FrameSplitter()
-        self._error: ShuruError | None = None
         self.closed: asyncio.Future = self._loop.create_future()
         sock.setblocking(False)
         self._loop.add_reader(sock.fileno(), self._on_readable)
@@ -215,23 +217,18 @@ class HelperClient:
                 if not self._fds:
                     raise hp.WireError(f"the reply to request {rid} (connect) carried no descriptor")
                 fd = self._fds.popleft()
-        fut = self._pending.pop(rid, None)
-        if fut is None or fut.done():  # nobody waits any more (timed out): drop what it brought
+        fut = self.run.take(rid)
+        if fut is None:  # nobody waits any more (timed out): drop what it brought
             if fd is not None:
                 os.close(fd)
             return
         fut.set_result((reply, fd))
 
     def _lose(self, error: ShuruError) -> None:
-        if self._error is not None:
+        if not self.run.fail(error):  # every pending request fails with it
             return
-        self._error = error
         self._loop.remove_reader(self._sock.fileno())
         self._sock.close()
-        for fut in self._pending.values():
-            if not fut.done():
-                fut.set_exception(type(error)(str(error)))
-        self._pending.clear()
         while self._fds:
             os.close(self._fds.popleft())
         if not self.closed.done():
@@ -244,11 +241,9 @@ class HelperClient:
         """Send one request; return its reply and, for `wants_fd`, the descriptor it carried.
         Error replies are returned too (`reply["ok"]` is false); a lost connection or a helper
         that does not answer in time raises SandboxDiedError."""
-        if self._error is not None:
-            raise type(self._error)(str(self._error))
+        self.run.require(Runstate.RUNNING)
         rid = next(self._ids)
-        fut = self._loop.create_future()
-        self._pending[rid] = fut
+        fut = self.run.expect(rid)
         if wants_fd:
             self._wants_fd.add(rid)
         try:
@@ -259,16 +254,16 @@ class HelperClient:
             # A helper that stops answering is as good as dead: fail everything now rather
             # than let each later call wait out its own timeout.
             self._lose(SandboxDiedError(f"{self._name} did not answer {op!r} within {timeout:.0f} s"))
-            raise type(self._error)(str(self._error)) from None
+            raise self.run.closed_error() from None
         except OSError as e:
             self._lose(SandboxDiedError(f"the control connection to {self._name} broke: {e.strerror}"))
-            raise type(self._error)(str(self._error)) from None
+            raise self.run.closed_error() from None
         finally:
-            self._pending.pop(rid, None)
+            self.run.forget(rid)
 
     @property
     def usable(self) -> bool:
-        return self._error is None
+        return self.run.is_open
 
     def close(self) -> None:
         self._lose(SandboxDiedError(f"the connection to {self._name} was closed"))
