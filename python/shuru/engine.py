@@ -72,7 +72,7 @@ class RunState:
         err = self.error
         if err is None:
             return SandboxDiedError(self._gone)
-        if type(err) in _KEPT:
+        if isinstance(err, _KEPT) and type(err) in _KEPT:
             return type(err)(str(err))
         return SandboxDiedError(f"{self.what} failed: {err}")
 

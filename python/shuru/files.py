@@ -118,7 +118,7 @@ class Files:
     def _path(self, path: str | os.PathLike, field: str = "path") -> str:
         return guest_path(path, field, self._workdir() or HOME)
 
-    async def _call(self, op: str, path: str, **fields) -> object:
+    async def _call(self, op: str, path: str, **fields) -> Any:
         """One `fs` op; its result's value, checked against what the op answers."""
         stream = self._channel().open_stream()
         try:
