@@ -8,7 +8,10 @@ import subprocess
 import pytest
 
 from shuru import checkpoints as ck
+from shuru.backends.qemu.disks import Qcow2Disks
 from shuru.image.store import Image, sha256_file
+
+QCOW2 = Qcow2Disks()
 
 
 @pytest.fixture
@@ -48,15 +51,15 @@ def _read_byte(path, offset) -> int:
 def test_save_load_and_names(home):
     image = _image(home)
     cp = ck.save(_overlay(home, image.rootfs, "raw", b"a"), "base-1", image=image, parent=None,
-                 virtual_size_mb=64, home=home)
+                 virtual_size_mb=64, home=home, disks=QCOW2)
     assert cp.disk.is_file() and ck.load("base-1", home).manifest["parent"] is None
     assert [c.name for c in ck.list_all(home)] == ["base-1"]
     assert [p.name for p in (home / "checkpoints").iterdir()] == ["base-1"]  # no temp left
     with pytest.raises(ck.CheckpointError, match="already exists"):
         ck.save(_overlay(home, image.rootfs, "raw", b"b"), "base-1", image=image, parent=None,
-                virtual_size_mb=64, home=home)
+                virtual_size_mb=64, home=home, disks=QCOW2)
     ck.save(_overlay(home, image.rootfs, "raw", b"c"), "base-1", image=image, parent=None,
-            virtual_size_mb=64, overwrite=True, home=home)
+            virtual_size_mb=64, overwrite=True, home=home, disks=QCOW2)
     assert _read_byte(ck.load("base-1", home).disk, ord("c") * 65536) == ord("c")
     for bad in ("", "../x", ".hidden", "a/b", "x" * 129, "sp ace"):
         with pytest.raises(ck.CheckpointError, match="not valid"):
@@ -70,7 +73,7 @@ def test_chains_are_flattened_past_the_limit(home):
         backing, fmt = (parent.disk, "qcow2") if parent else (image.rootfs, "raw")
         tag = bytes([ord("a") + i])
         parent = ck.save(_overlay(home, backing, fmt, tag), f"c{i}", image=image, parent=parent,
-                         virtual_size_mb=64, home=home)
+                         virtual_size_mb=64, home=home, disks=QCOW2)
     assert len(ck.chain(ck.load(f"c{ck.MAX_CHAIN - 1}", home), home)) == ck.MAX_CHAIN
     flat = ck.load(f"c{ck.MAX_CHAIN}", home)
     assert flat.parent is None  # stands on the image alone
@@ -84,9 +87,9 @@ def test_chains_are_flattened_past_the_limit(home):
 def test_delete_rules_and_damage(home):
     image = _image(home)
     a = ck.save(_overlay(home, image.rootfs, "raw", b"a"), "a", image=image, parent=None,
-                virtual_size_mb=64, home=home)
+                virtual_size_mb=64, home=home, disks=QCOW2)
     ck.save(_overlay(home, a.disk, "qcow2", b"b"), "b", image=image, parent=a,
-            virtual_size_mb=64, home=home)
+            virtual_size_mb=64, home=home, disks=QCOW2)
     with pytest.raises(ck.CheckpointError, match="b stand on it"):
         ck.delete("a", home)
     with pytest.raises(ck.CheckpointError, match="no checkpoint named 'zzz'"):
@@ -107,7 +110,7 @@ def test_delete_rules_and_damage(home):
 def test_an_unchanged_disk_is_hashed_once_a_changed_one_again(home, monkeypatch):
     image = _image(home)
     ck.save(_overlay(home, image.rootfs, "raw", b"a"), "a", image=image, parent=None,
-            virtual_size_mb=64, home=home)
+            virtual_size_mb=64, home=home, disks=QCOW2)
     hashed = []
     real = ck.sha256_file
     monkeypatch.setattr(ck, "sha256_file", lambda path: hashed.append(path) or real(path))
@@ -136,7 +139,7 @@ def test_an_unchanged_disk_is_hashed_once_a_changed_one_again(home, monkeypatch)
 def test_a_touched_but_intact_disk_is_hashed_once_more(home, monkeypatch):
     image = _image(home)
     cp = ck.save(_overlay(home, image.rootfs, "raw", b"a"), "a", image=image, parent=None,
-                 virtual_size_mb=64, home=home)
+                 virtual_size_mb=64, home=home, disks=QCOW2)
     (cp.path / ck.VERIFIED).unlink()  # as a checkpoint made before the record existed
     os.utime(cp.disk)
     hashed = []

@@ -84,7 +84,7 @@ def test_backend_choice(monkeypatch, tmp_path):
     monkeypatch.setattr(sys, "platform", "darwin")
     mac = default_backend(tmp_path, {})
     assert type(mac).__name__ == "HelperBackend" and mac.driver == "vz"
-    assert mac.capabilities.snapshot_memory and mac.capabilities.channel == "vsock"
+    assert mac.disks.format == "raw"
     with pytest.raises(HostError, match="Linux only"):
         default_backend(tmp_path, {"SHURU_BACKEND": "qemu"})
 
@@ -99,3 +99,17 @@ def test_states_match_the_swift_helper():
     enum = swift.split("public enum VMState: String, CaseIterable {")[1].split("}")[0]
     names = [n.strip() for line in enum.split("case ")[1:] for n in line.split(",")]
     assert tuple(names) == hp.STATES
+
+
+def test_capabilities_are_what_the_hello_reply_says():
+    """The helper's own answer decides fast start and pause, not the platform's name."""
+    vz = helper.Driver.from_hello({"driver": "vz", "helper": "1.0",
+                                   "capabilities": {"save_state": True, "pause": True}})
+    caps = vz.capabilities()
+    assert (caps.fast_start, caps.pause, caps.checkpoint, caps.disk_format) == (
+        True, True, True, "raw")
+    intel = helper.Driver.from_hello({"driver": "vz", "helper": "1.0",
+                                      "capabilities": {"save_state": False, "pause": True}})
+    assert not intel.capabilities().fast_start
+    # A reply without (or with a malformed) capabilities map claims nothing.
+    assert not helper.Driver.from_hello({"driver": "vz", "capabilities": "yes"}).capabilities().pause
