@@ -148,3 +148,27 @@ def test_a_touched_but_intact_disk_is_hashed_once_more(home, monkeypatch):
     ck.load("a", home)
     ck.load("a", home)
     assert hashed == [cp.disk]
+
+
+def test_keeping_a_restored_clones_layer_stands_it_on_the_real_base(home, tmp_path):
+    """A restored clone's layer stands on the saved state's overlay, which stands on the
+    image; kept as a checkpoint it must stand on the image itself and read exactly as it
+    did: the state's writes, the clone's writes, and the clone's where both wrote."""
+    image = _image(home)
+    state = _overlay(home, image.rootfs, "raw", b"s")  # the saved state's overlay
+    subprocess.run(["qemu-io", "-c", f"write -P {ord('x')} 0 65536", str(state)], check=True,
+                   capture_output=True)
+    clone = _overlay(home, state, "qcow2", b"c")
+    subprocess.run(["qemu-io", "-c", f"write -P {ord('y')} 0 65536", str(clone)], check=True,
+                   capture_output=True)
+    dest = tmp_path / "kept.qcow2"
+    QCOW2.keep(clone, dest, rebase_onto=(image.rootfs, "raw"))
+    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(dest)],
+                                     capture_output=True, text=True, check=True).stdout)
+    assert info["backing-filename"] == str(image.rootfs)
+    assert info["backing-filename-format"] == "raw"
+    assert _read_byte(dest, ord("s") * 65536) == ord("s")  # from the state
+    assert _read_byte(dest, ord("c") * 65536) == ord("c")  # from the clone
+    assert _read_byte(dest, 0) == ord("y")  # both wrote: the clone's
+    assert not clone.exists() and _read_byte(state, 0) == ord("x")  # the state is untouched
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
