@@ -305,6 +305,104 @@ async def _exec_raw(sandbox) -> str:
     return r.stdout
 
 
+# A helper whose driver saves machine state, as VZ on macOS 14+ does: a Python stand-in that
+# speaks the real protocol. Its "guest" is the agent as a process; a restored guest is a
+# fresh agent (a process cannot be restored), which is what fast start's `resume` expects
+# of a clone. The state file holds the machine identity it was saved with, and a restore
+# into another identity is refused (EINVAL), as VZ refuses it.
+VZ_LIKE = """
+    import json, os, signal, subprocess
+    machine_id, agent, host_end = os.urandom(16), None, None
+    log = open(os.environ["FAKE_VZ_LOG"], "a")
+    def reply(rid, **fields):
+        send({"id": rid, "ok": True, **fields})
+    while True:
+        try:
+            msg = recv()
+        except Exception:
+            break  # the client hung up
+        op, rid = msg["op"], msg["id"]
+        given = msg.get("config", {}).get("machine_id")
+        log.write(json.dumps({"op": op, "machine_id": given.hex() if given else None}) + "\\n")
+        log.flush()
+        if op == "hello":
+            reply(rid, version=1, helper="fake-vz", driver="vz",
+                  capabilities={"save_state": True, "pause": True})
+        elif op == "create":
+            machine_id = given or machine_id
+            reply(rid, machine_id=machine_id)
+        elif op in ("start", "resume") and agent is None:
+            host_end, guest = socket.socketpair()
+            agent = subprocess.Popen([sys.executable, "-m", "shuru_guest", "--fd",
+                                      str(guest.fileno())], pass_fds=[guest.fileno()])
+            guest.close()
+            reply(rid)
+        elif op in ("pause", "resume"):
+            agent.send_signal(signal.SIGSTOP if op == "pause" else signal.SIGCONT)
+            reply(rid)
+        elif op == "save_state":
+            with open(msg["path"], "wb") as f:
+                f.write(b"vz-state:" + machine_id)
+            reply(rid)
+        elif op == "restore_state":
+            with open(msg["path"], "rb") as f:
+                if f.read() == b"vz-state:" + machine_id:
+                    reply(rid)
+                else:
+                    send({"id": rid, "ok": False, "error": {
+                        "code": "EINVAL", "message": "another machine identity saved this"}})
+        elif op == "connect":
+            import msgpack, struct
+            payload = msgpack.packb({"id": rid, "ok": True})
+            socket.send_fds(conn, [struct.pack(">I", len(payload)) + payload], [host_end.fileno()])
+            host_end.close()
+        elif op == "stop":
+            if agent is not None:
+                agent.kill()
+                agent.wait()
+            reply(rid)
+    if agent is not None and agent.poll() is None:
+        agent.kill()
+"""
+
+
+async def test_fast_start_saves_and_restores_through_the_helper(helper_home, tmp_path,
+                                                                  monkeypatch):
+    """With a driver whose hello says save_state: true, the first start saves a template
+    (pause, save_state, its machine identity kept) and restores a clone from it (create with
+    that identity, restore_state, resume); the next start restores at once."""
+    log = tmp_path / "ops.jsonl"
+    monkeypatch.setenv("FAKE_VZ_LOG", str(log))
+    monkeypatch.setenv("SHURU_HELPER", str(fake_helper(tmp_path, VZ_LIKE)))
+    with pytest.warns(ShuruWarning, match="no saved machine state yet"):
+        sb = await AsyncSandbox.start()
+    try:
+        assert sb.restored and sb.accel == "vz"
+        state = sb._machine.restored_from
+        assert sorted(p.name for p in state.iterdir()) == [
+            "disk.img", "machine_id", "manifest.json", "state.vzsave"]
+        assert (state / "disk.img").read_bytes()[:len(ROOTFS_HEAD)] == ROOTFS_HEAD
+        assert (await sb.exec("echo restored")).stdout == "restored\n"
+    finally:
+        await sb.stop()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ShuruWarning)
+        again = await AsyncSandbox.start()
+    try:
+        assert again.restored and again._machine.restored_from == state
+        assert again._machine.layer != state / "disk.img"  # a clone's own disk
+    finally:
+        await again.stop()
+    ops = [json.loads(line) for line in log.read_text().splitlines()]
+    saved_id = (state / "machine_id").read_bytes().hex()
+    creates = [op["machine_id"] for op in ops if op["op"] == "create"]
+    assert creates[0] is None and creates[1:] == [saved_id, saved_id]  # template, 2 clones
+    names = [op["op"] for op in ops if op["op"] not in ("hello", "connect")]
+    names = names[names.index("create"):]  # after the probe (hello, stop)
+    assert names[:5] == ["create", "start", "pause", "save_state", "stop"]
+    assert names[5:8] == ["create", "restore_state", "resume"]
+
+
 async def test_every_contract_operation_on_the_helper(helper_home, tmp_path):
     from tests.backend_contract import exercise
     from shuru.backends.base import MachineSpec

@@ -9,9 +9,6 @@ checkpoint's qcow2 disk); a checkpoint keeps that overlay, so checkpoints form c
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -56,33 +53,6 @@ def _qemu_img(*args: str) -> str:
     return proc.stdout
 
 
-def _backing_chain(disk: Path) -> list[dict]:
-    """`disk` and the files below it, nearest first ({"filename", "format", ...} each)."""
-    try:
-        chain = json.loads(_qemu_img("info", "--backing-chain", "--output=json", "-U",
-                                     str(disk)))
-    except ValueError as e:
-        raise CheckpointError(f"qemu-img info {disk} gave no JSON: {e}") from None
-    return chain if isinstance(chain, list) else [chain]
-
-
-def _stands_on_overlay_of(layer: Path, base: Path, base_format: str) -> bool:
-    """Whether `layer` stands on a qcow2 overlay that stands directly on `base`."""
-    chain = _backing_chain(layer)
-    return (len(chain) >= 3 and chain[1].get("format") == "qcow2"
-            and chain[2].get("format") == base_format
-            and Path(chain[2].get("filename", "")).resolve() == Path(base).resolve())
-
-
-def _copy(src: str, dest: Path) -> None:
-    """A copy of a (small, sparse) qcow2 file that the copy's owner may write."""
-    proc = subprocess.run(["cp", "--reflink=auto", "--sparse=always", src, str(dest)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise CheckpointError(f"cannot copy {src}: {proc.stderr.strip()}")
-    os.chmod(dest, 0o644)
-
-
 class Qcow2Disks:
     """`Disks` for QEMU: qcow2 overlays that read through to their base."""
 
@@ -103,27 +73,6 @@ class Qcow2Disks:
                              base_size_mb=base_size_mb)
 
     def keep(self, layer: Path, dest: Path, *, rebase_onto: tuple[Path, str] | None) -> None:
-        if rebase_onto is not None and _stands_on_overlay_of(layer, *rebase_onto):
-            # A restored clone's layer over the saved state's small overlay, over the layer
-            # the checkpoint must stand on: copy that overlay (a few MiB) and commit the
-            # layer into the copy. A safe rebase would compare the whole virtual disk of
-            # the old chain with the new base instead: seconds, for the same result.
-            tmp = dest.with_name(f".{dest.name}.commit")
-            try:
-                _copy(_backing_chain(layer)[1]["filename"], tmp)
-                _qemu_img("rebase", "-u", "-f", "qcow2", "-b", str(tmp), "-F", "qcow2",
-                          str(layer))
-                _qemu_img("commit", "-q", "-d", "-f", "qcow2", str(layer))
-                # The same base, named as the checkpoint records it (metadata only).
-                _qemu_img("rebase", "-u", "-f", "qcow2", "-b", str(rebase_onto[0]),
-                          "-F", rebase_onto[1], str(tmp))
-                os.replace(tmp, dest)
-            finally:
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
-            with contextlib.suppress(OSError):
-                layer.unlink()
-            return
         shutil.move(str(layer), dest)
         if rebase_onto is not None:
             # Safe rebase: what the transient base held that the new one lacks is copied in.
