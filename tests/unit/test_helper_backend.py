@@ -9,6 +9,7 @@ import pytest
 from shuru.backends.helper import machine as helper
 from shuru.backends.helper import protocol as hp
 from shuru.backends.base import MachineSpec
+from shuru.backends.helper.disks import clone_disk
 from shuru.backends.select import default_backend
 from shuru.errors import ConfigError, HostError
 
@@ -68,7 +69,7 @@ async def test_clone_disk_grows_to_size(tmp_path):
     base = tmp_path / "base.img"
     base.write_bytes(b"x" * 4096)
     dest = tmp_path / "disk.img"
-    await helper.clone_disk(base, dest, 1)
+    await clone_disk(base, dest, 1)
     assert dest.stat().st_size == 1024 * 1024
     assert dest.read_bytes()[:4096] == b"x" * 4096
     assert base.stat().st_size == 4096

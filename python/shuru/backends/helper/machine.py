@@ -41,7 +41,7 @@ from ..rundir import RunDir, die_with_parent, disk_root
 from ...sanitize import neutralise
 from . import protocol as hp
 from ..base import FAST_START, PAUSE, Capabilities, MachineSpec
-from .disks import RawDisks, clone_disk  # noqa: F401 (clone_disk: tests and bench)
+from .disks import RawDisks
 
 AGENT_PORT = 1024
 DEFAULT_AGENT_COMMAND = (sys.executable, "-m", "shuru_guest", "--fd", "{fd}")

@@ -30,7 +30,7 @@ from .qmp import QMP
 from ..rundir import RunDir, die_with_parent, disk_root
 from ...sanitize import neutralise
 from ..base import Capabilities, MachineSpec
-from .disks import Qcow2Disks, create_overlay, find_qemu_img  # noqa: F401 (bench uses them)
+from .disks import Qcow2Disks
 
 AGENT_PORT = "org.shuru.agent"
 # Measured under TCG (see QEMU-NOTES): each of these shaves boot time; tsc_early_khz is what
