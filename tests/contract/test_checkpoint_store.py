@@ -172,3 +172,33 @@ def test_keeping_a_restored_clones_layer_stands_it_on_the_real_base(home, tmp_pa
     assert _read_byte(dest, 0) == ord("y")  # both wrote: the clone's
     assert not clone.exists() and _read_byte(state, 0) == ord("x")  # the state is untouched
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_formats_are_recorded_and_never_mixed_in_a_chain(home, tmp_path):
+    """The manifest records the disk's format; one without it (written before formats were
+    recorded) reads as qcow2; a raw checkpoint (the helper's) cannot stand on a qcow2 one."""
+    from shuru.backends.helper.disks import RawDisks
+
+    image = _image(home)
+    cp = ck.save(_overlay(home, image.rootfs, "raw", b"a"), "q", image=image, parent=None,
+                 virtual_size_mb=64, home=home, disks=QCOW2)
+    assert cp.manifest["disk"]["format"] == "qcow2" and cp.disk.name == "disk.qcow2"
+    manifest = json.loads((cp.path / "manifest.json").read_text())
+    del manifest["disk"]["format"]
+    (cp.path / "manifest.json").write_text(json.dumps(manifest))
+    old = ck.load("q", home)
+    assert old.disk_format == "qcow2" and old.disk == cp.disk
+    raw = tmp_path / "layer.img"
+    raw.write_bytes(b"raw layer")
+    with pytest.raises(ck.CheckpointError, match="cannot stand on 'q': that one is a qcow2 disk, this backend keeps raw"):
+        ck.save(raw, "r", image=image, parent=old, virtual_size_mb=64, home=home,
+                disks=RawDisks())
+    assert raw.exists() and [c.name for c in ck.list_all(home)] == ["q"]
+    kept = ck.save(raw, "r", image=image, parent=None, virtual_size_mb=64, home=home,
+                   disks=RawDisks())
+    assert (kept.disk.name, kept.disk_format, kept.disk.read_bytes()) == (
+        "disk.img", "raw", b"raw layer")
+    manifest["disk"]["format"] = "vmdk"
+    (cp.path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ck.CheckpointError, match="unknown format 'vmdk'"):
+        ck.load("q", home)
