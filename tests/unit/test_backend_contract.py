@@ -14,7 +14,7 @@ import pytest
 from shuru import AsyncSandbox, State, UnsupportedError
 from shuru.backends.base import CHECKPOINT, FAST_START, PAUSE, Capabilities
 
-NOTHING = Capabilities(backend="bare (test)", disk_format="raw", checkpoint=False,
+NOTHING = Capabilities(backend="bare (test)", checkpoint=False,
                        fast_start=False, pause=False)
 
 
@@ -78,5 +78,5 @@ def test_require_names_the_capability_and_backend():
     with pytest.raises(UnsupportedError, match="'fast_start'") as err:
         NOTHING.require(FAST_START)
     assert "bare (test)" in str(err.value)
-    Capabilities(backend="x", disk_format="raw", checkpoint=True, fast_start=True,
+    Capabilities(backend="x", checkpoint=True, fast_start=True,
                  pause=True).require(FAST_START)  # has it: no error

@@ -29,7 +29,7 @@ async def test_a_checkpoint_is_loaded_off_the_event_loop(monkeypatch):
 class _FailingBackend:
     """A backend whose template VM never boots."""
 
-    capabilities = Capabilities(backend="fake", disk_format="qcow2", checkpoint=True,
+    capabilities = Capabilities(backend="fake", checkpoint=True,
                                 fast_start=True, pause=True)
 
     async def probe(self):

@@ -42,7 +42,6 @@ class Capabilities:
     """What a backend can do on this host, as data the core checks before acting."""
 
     backend: str  # for messages: "qemu (tcg)", "helper (process driver)"...
-    disk_format: str  # its layers' and checkpoints' format ("qcow2", "raw")
     checkpoint: bool  # `Disks.keep` works on its machines' layers
     fast_start: bool  # `start_template`, `Machine.save_state`, `restore`
     pause: bool  # `Machine.pause` / `Machine.resume`

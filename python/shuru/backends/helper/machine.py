@@ -75,8 +75,7 @@ class Driver:
                    save_state=caps.get("save_state") is True, pause=caps.get("pause") is True)
 
     def capabilities(self) -> Capabilities:
-        return Capabilities(backend=f"helper ({self.name} driver)", disk_format=RawDisks.format,
-                            checkpoint=True, fast_start=self.save_state, pause=self.pause)
+        return Capabilities(backend=f"helper ({self.name} driver)", checkpoint=True, fast_start=self.save_state, pause=self.pause)
 
 
 def find_helper(environ=os.environ) -> Path:

@@ -325,8 +325,7 @@ class QemuBackend:
     name = "qemu"
     disks = Qcow2Disks()
     state_files = ("disk.qcow2", "ram", "state.bin")
-    capabilities = Capabilities(backend="qemu", disk_format=Qcow2Disks.format,
-                                checkpoint=True, fast_start=True, pause=True)
+    capabilities = Capabilities(backend="qemu", checkpoint=True, fast_start=True, pause=True)
 
     def __init__(self, data_dir: Path):
         self.data_dir = data_dir
