@@ -41,7 +41,7 @@ _DOING = {CHECKPOINT: "keep a sandbox's disk as a checkpoint",
 class Capabilities:
     """What a backend can do on this host, as data the core checks before acting."""
 
-    backend: str  # for messages: "qemu (tcg)", "helper (process driver)"...
+    backend: str  # for messages: "qemu", "helper (vz driver)", "helper (process driver)"
     checkpoint: bool  # `Disks.keep` works on its machines' layers
     fast_start: bool  # `start_template`, `Machine.save_state`, `restore`
     pause: bool  # `Machine.pause` / `Machine.resume`
