@@ -68,7 +68,7 @@ async def main(runs: int, forks: int) -> None:
              *await fan_out(bare, forks))
 
         fork = await AsyncSandbox.start(from_=ready)
-        fork_bytes = fork._machine.disk.stat().st_blocks * 512
+        fork_bytes = fork._machine.layer.stat().st_blocks * 512
         await fork.stop()
 
         fresh = [await start_to_exec() for _ in range(runs)]

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from shuru import AsyncSandbox
 from shuru.backends.qemu import accel as accel_mod
-from shuru.backends.qemu.machine import find_qemu, find_qemu_img, host_tsc_khz, kernel_cmdline
+from shuru.backends.qemu.disks import find_qemu_img
+from shuru.backends.qemu.machine import find_qemu, host_tsc_khz, kernel_cmdline
 from shuru.image.store import current_image, shuru_home
 
 MIB = 1024 * 1024

@@ -16,7 +16,8 @@ from .errors import (AccessError, BootError, CheckpointError, ConfigError, ExecE
                      GuestNotADirectoryError, GuestPermissionError, HostError, HTTPError,
                      ImageError, MountError, PortError, ProtocolError, QMPError, Refused,
                      SandboxDiedError, SandboxNotFoundError, SandboxStateError, ShuruError,
-                     ShuruWarning, StaleStateError, UpstreamError)
+                     ShuruWarning, StaleStateError, UnsupportedError,
+                     UpstreamError)
 from .process import ExecResult, OutputChunk, Process
 from .sandbox import AsyncSandbox, State
 from .sync import Sandbox, SyncProcess
@@ -33,6 +34,7 @@ __all__ = [
     "GuestFileExistsError", "GuestFileNotFoundError", "GuestIsADirectoryError",
     "GuestNotADirectoryError", "GuestPermissionError", "HostError", "HTTPError", "ImageError",
     "MountError", "PortError", "ProtocolError", "QMPError", "Refused", "SandboxDiedError",
-    "SandboxNotFoundError", "SandboxStateError", "StaleStateError", "UpstreamError",
+    "SandboxNotFoundError", "SandboxStateError", "StaleStateError", "UnsupportedError",
+    "UpstreamError",
     "__version__",
 ]

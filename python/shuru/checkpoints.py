@@ -2,10 +2,16 @@
 
 Layout under the data dir:
 
-    checkpoints/<name>/disk.qcow2      the sandbox's overlay, frozen (its backing file is the
-                                        image's rootfs.img or the parent checkpoint's disk)
-    checkpoints/<name>/manifest.json   format, parent, base image id and sha256, sizes, hash
+    checkpoints/<name>/disk.qcow2      QEMU: the sandbox's overlay, frozen (its backing file
+                                        is the image's rootfs.img or the parent's disk)
+    checkpoints/<name>/disk.img        the helper (VZ): the sandbox's whole raw disk
+    checkpoints/<name>/manifest.json   format, parent, base image id and sha256, sizes, hash,
+                                        the disk's format (absent in old ones: qcow2)
     checkpoints/<name>/verified.json   the disk's stat when its hash last matched (a cache)
+
+The disk is in the format of the backend that made it, and only that backend's `Disks`
+touch it (`backends/base.py`): a checkpoint of one format is refused by a backend of another
+before anything starts.
 
 A checkpoint is immutable once written: sandboxes started from it get their own overlay on
 top. Saving goes through a temporary directory and one rename, so a crash leaves no half
@@ -24,11 +30,11 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .backends.base import Disks
 from .errors import CheckpointError as CheckpointError  # re-exported: callers use it from here
 from .image.store import Image, images_dir, load as load_image, sha256_file, shuru_home
 
@@ -36,6 +42,10 @@ FORMAT = 1
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MAX_CHAIN = 8  # deeper chains are flattened when saved, so reads stay fast
 VERIFIED = "verified.json"
+# A checkpoint's disk file by its format; a manifest without a format is from before the
+# helper backend kept checkpoints: QEMU's qcow2.
+DISK_FILES = {"qcow2": "disk.qcow2", "raw": "disk.img"}
+LEGACY_FORMAT = "qcow2"
 
 
 @dataclass(frozen=True)
@@ -45,8 +55,12 @@ class Checkpoint:
     manifest: dict
 
     @property
+    def disk_format(self) -> str:
+        return str(self.manifest.get("disk", {}).get("format", LEGACY_FORMAT))
+
+    @property
     def disk(self) -> Path:
-        return self.path / "disk.qcow2"
+        return self.path / DISK_FILES[self.disk_format]
 
     @property
     def parent(self) -> str | None:
@@ -84,6 +98,10 @@ def load(name: str, home: Path | None = None, *, verify: bool = True) -> Checkpo
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {name!r} at {path} has an unsupported format "
                               f"{manifest.get('format') if isinstance(manifest, dict) else '?'}")
+    disk = manifest.get("disk")
+    if not isinstance(disk, dict) or disk.get("format", LEGACY_FORMAT) not in DISK_FILES:
+        raise CheckpointError(f"checkpoint {name!r} at {path} has a disk in an unknown format "
+                              f"{disk.get('format') if isinstance(disk, dict) else '?'!r}")
     cp = Checkpoint(name, path, manifest)
     if verify:
         _verify_disk(cp)
@@ -181,21 +199,19 @@ def children(name: str, home: Path | None = None) -> list[str]:
     return [c.name for c in list_all(home) if c.parent == name]
 
 
-def _qemu_img(*args: str) -> str:
-    proc = subprocess.run(["qemu-img", *args], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise CheckpointError(f"qemu-img {args[0]} failed: {proc.stderr.strip()}")
-    return proc.stdout
-
-
-def save(overlay: Path, name: str, *, image: Image, parent: Checkpoint | None,
-         virtual_size_mb: int, overwrite: bool = False, home: Path | None = None,
-         rebase_onto: tuple[Path, str] | None = None) -> Checkpoint:
-    """Keep `overlay` (a stopped sandbox's disk) as checkpoint `name`. The overlay file is
-    moved, not copied; with a chain deeper than MAX_CHAIN it is flattened onto the image.
-    `rebase_onto` (path, format): the layer the checkpoint must stand on, when the overlay
-    stands on something transient between (a restored clone's saved-state disk)."""
+def save(layer: Path, name: str, *, image: Image, parent: Checkpoint | None,
+         virtual_size_mb: int, disks: Disks, overwrite: bool = False,
+         home: Path | None = None, rebase_onto: tuple[Path, str] | None = None) -> Checkpoint:
+    """Keep `layer` (a stopped sandbox's disk, in the format of `disks`, its backend's) as
+    checkpoint `name`. The file is moved, not copied; with a chain deeper than MAX_CHAIN it
+    is flattened onto the image. `rebase_onto` (path, format): the layer the checkpoint must
+    stand on, when the layer stands on something transient between (a restored clone's
+    saved-state disk)."""
     check_name(name)
+    if parent is not None and parent.disk_format != disks.format:
+        raise CheckpointError(f"checkpoint {name!r} cannot stand on {parent.name!r}: that one "
+                              f"is a {parent.disk_format} disk, this backend keeps "
+                              f"{disks.format} disks")
     root = checkpoints_dir(home)
     root.mkdir(parents=True, exist_ok=True)
     final = root / name
@@ -207,17 +223,14 @@ def save(overlay: Path, name: str, *, image: Image, parent: Checkpoint | None,
                               f"{', '.join(children(name, home))} stand on it")
     work = Path(tempfile.mkdtemp(prefix=".new-", dir=root))
     try:
-        disk = work / "disk.qcow2"
+        disk = work / DISK_FILES[disks.format]
         depth = len(chain(parent, home)) if parent else 0
-        shutil.move(str(overlay), disk)
-        if rebase_onto is not None:
-            _qemu_img("rebase", "-f", "qcow2", "-b", str(rebase_onto[0]), "-F", rebase_onto[1],
-                      str(disk))
+        disks.keep(layer, disk, rebase_onto=rebase_onto)
         parent_name = parent.name if parent else None
-        if depth >= MAX_CHAIN:
-            # A safe rebase copies into the disk whatever the old chain held that the image
+        if disks.chained and depth >= MAX_CHAIN:
+            # Flattening copies into the disk whatever the old chain held that the image
             # does not, so the checkpoint then stands on the image alone.
-            _qemu_img("rebase", "-f", "qcow2", "-b", str(image.rootfs), "-F", "raw", str(disk))
+            disks.flatten(disk, image.rootfs)
             parent_name = None
         os.chmod(disk, 0o444)  # before the stat below: a chmod changes ctime
         st = disk.stat()
@@ -230,7 +243,7 @@ def save(overlay: Path, name: str, *, image: Image, parent: Checkpoint | None,
             "image_rootfs_sha256": image.manifest["files"]["rootfs.img"]["sha256"],
             "virtual_size_mb": virtual_size_mb,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "disk": {"size": st.st_size, "sha256": digest},
+            "disk": {"size": st.st_size, "sha256": digest, "format": disks.format},
         }
         (work / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         _write_record(work, verified_record(st, digest))

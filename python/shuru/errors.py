@@ -62,6 +62,18 @@ class HostError(ShuruError):
     """The host lacks something shuru needs (qemu, a runtime directory, KVM...)."""
 
 
+class UnsupportedError(HostError):
+    """The platform's backend lacks what was asked (a capability, a disk format). Raised
+    before anything is changed. `capability` names what is missing, `backend` the backend
+    (with its driver or accelerator)."""
+
+    def __init__(self, message: str, *, capability: str, backend: str,
+                 hint: str | None = None):
+        self.capability = capability
+        self.backend = backend
+        super().__init__(message, hint=hint)
+
+
 class BootError(ShuruError):
     """The VM did not come up. `console_tail` holds the last lines of its serial console."""
 

@@ -34,6 +34,7 @@ from .launch import faststart, states
 from .launch.bringup import Launch
 from .launch.plan import Plan
 from . import config as cfg
+from .backends.base import CHECKPOINT, PAUSE
 from .backends.select import default_backend
 from .channel import Channel
 from .errors import SandboxDiedError, SandboxStateError, ShuruError
@@ -308,18 +309,21 @@ class AsyncSandbox:
         if (checkpoints.checkpoints_dir() / name).exists() and not overwrite:
             raise checkpoints.CheckpointError(f"a checkpoint named {name!r} already exists",
                                               hint="pass overwrite=True to replace it")
+        # Before the VM is stopped: a backend that cannot keep its disk leaves it running.
+        self._machine.capabilities.require(CHECKPOINT)
+        backend = default_backend(shuru_home())
         self.state = State.STOPPING
         try:
-            # The agent syncs and powers off; QEMU then exits cleanly, which flushes the
-            # overlay's own metadata. Only then is the file complete.
+            # The agent syncs and powers off; the VM then exits cleanly, which flushes the
+            # layer's own metadata. Only then is the file complete.
             await asyncio.wait_for(channel.shutdown(), 60)
             await asyncio.wait_for(asyncio.shield(self._machine.exited), 60)
             layer = (plan.spec.rootfs, plan.spec.rootfs_format)
-            backing = getattr(self._machine, "backing", layer)
+            backing = self._machine.backing
             cp = await asyncio.to_thread(
-                checkpoints.save, self._machine.disk, name, image=plan.image,
+                checkpoints.save, self._machine.layer, name, image=plan.image,
                 parent=plan.parent, virtual_size_mb=plan.disk_size, overwrite=overwrite,
-                rebase_onto=None if backing == layer else layer)
+                disks=backend.disks, rebase_onto=None if backing == layer else layer)
         except asyncio.TimeoutError:
             raise SandboxDiedError("the VM did not shut down for the checkpoint within 60 s",
                                    console_tail=self._machine.console_tail()) from None
@@ -331,11 +335,11 @@ class AsyncSandbox:
         # Forks get the spec `plan` gives `from_=name` with this sandbox's options; custom
         # boot files give them no layer to restore from.
         if not (self.config.cold or self.config.kernel or self.config.initrd):
-            spec = dataclasses.replace(plan.spec, rootfs=cp.disk, rootfs_format="qcow2",
+            spec = dataclasses.replace(plan.spec, rootfs=cp.disk, rootfs_format=cp.disk_format,
                                        rootfs_size_mb=cp.virtual_size_mb,
                                        disk_size=cp.virtual_size_mb)
-            await faststart.prepare(default_backend(shuru_home()), spec,
-                                    states.Layer.of_checkpoint(cp), self._on_console)
+            await faststart.prepare(backend, spec, states.Layer.of_checkpoint(cp),
+                                    self._on_console)
         return cp
 
     async def stop(self) -> None:
@@ -497,7 +501,8 @@ class AsyncSandbox:
         if self._remote is not None:
             await self._request("pause")
         else:
-            await self._qmp("stop")
+            self._machine.capabilities.require(PAUSE)
+            await self._machine.pause()
         self.state = State.PAUSED
 
     async def resume(self) -> None:
@@ -506,15 +511,9 @@ class AsyncSandbox:
         if self._remote is not None:
             await self._request("resume")
         else:
-            await self._qmp("cont")
+            self._machine.capabilities.require(PAUSE)
+            await self._machine.resume()
         self.state = State.RUNNING
-
-    async def _qmp(self, command: str) -> None:
-        qmp = getattr(self._machine, "qmp", None)
-        if qmp is None:
-            raise SandboxStateError(f"this backend cannot {command} a VM's CPUs",
-                                    state=self.state.value)
-        await qmp.execute(command)
 
     async def set_timeout(self, lifetime: float | None = None, *,
                           idle_timeout: float | None = None) -> None:
@@ -544,8 +543,8 @@ class AsyncSandbox:
             self._require(State.RUNNING, State.PAUSED)
             return await self._request("metrics")
         self._require(State.RUNNING, State.PAUSED)
-        proc = getattr(self._machine, "proc", None)
-        usage = await asyncio.to_thread(metrics_mod.process_usage, proc.pid) if proc else {}
+        pid = self._machine.pid
+        usage = await asyncio.to_thread(metrics_mod.process_usage, pid) if pid else {}
         guest = None
         if self.state == State.RUNNING:  # a paused guest cannot answer
             with contextlib.suppress(ShuruError):
@@ -557,7 +556,7 @@ class AsyncSandbox:
             "cpu_seconds": usage.get("cpu_seconds"),
             "memory": {"rss": usage.get("rss"), "pss": usage.get("pss")},
             "guest_memory": guest,
-            "disk": metrics_mod.disk_bytes(getattr(self._machine, "disk", None)),
+            "disk": metrics_mod.disk_bytes(self._machine.layer),
             "network": metrics_mod.network_bytes(self.network_log()),
         }
 
@@ -639,17 +638,19 @@ class AsyncSandbox:
 
     @property
     def accel(self) -> str | None:
-        """The accelerator the VM runs on ("kvm" or "tcg"), once started."""
+        """What runs the VM, once started: "kvm" or "tcg" on the QEMU backend (Linux), "vz"
+        (Virtualization.framework) or "process" (the helper's test driver: the agent as a
+        host process, no VM) on the helper backend."""
         if self._remote is not None:
             return self._remote.get("accel")
-        return self._machine.accel.name if self._machine else None
+        return self._machine.accel if self._machine else None
 
     @property
     def restored(self) -> bool:
         """Whether this sandbox was restored from saved machine state (rather than booted)."""
         if self._remote is not None:
             return bool(self._remote.get("restored"))
-        return getattr(self._machine, "restored_from", None) is not None
+        return self._machine is not None and self._machine.restored_from is not None
 
     def console_tail(self, lines: int = 40) -> str:
         if self._remote is not None:

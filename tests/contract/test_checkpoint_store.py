@@ -8,7 +8,10 @@ import subprocess
 import pytest
 
 from shuru import checkpoints as ck
+from shuru.backends.qemu.disks import Qcow2Disks
 from shuru.image.store import Image, sha256_file
+
+QCOW2 = Qcow2Disks()
 
 
 @pytest.fixture
@@ -48,15 +51,15 @@ def _read_byte(path, offset) -> int:
 def test_save_load_and_names(home):
     image = _image(home)
     cp = ck.save(_overlay(home, image.rootfs, "raw", b"a"), "base-1", image=image, parent=None,
-                 virtual_size_mb=64, home=home)
+                 virtual_size_mb=64, home=home, disks=QCOW2)
     assert cp.disk.is_file() and ck.load("base-1", home).manifest["parent"] is None
     assert [c.name for c in ck.list_all(home)] == ["base-1"]
     assert [p.name for p in (home / "checkpoints").iterdir()] == ["base-1"]  # no temp left
     with pytest.raises(ck.CheckpointError, match="already exists"):
         ck.save(_overlay(home, image.rootfs, "raw", b"b"), "base-1", image=image, parent=None,
-                virtual_size_mb=64, home=home)
+                virtual_size_mb=64, home=home, disks=QCOW2)
     ck.save(_overlay(home, image.rootfs, "raw", b"c"), "base-1", image=image, parent=None,
-            virtual_size_mb=64, overwrite=True, home=home)
+            virtual_size_mb=64, overwrite=True, home=home, disks=QCOW2)
     assert _read_byte(ck.load("base-1", home).disk, ord("c") * 65536) == ord("c")
     for bad in ("", "../x", ".hidden", "a/b", "x" * 129, "sp ace"):
         with pytest.raises(ck.CheckpointError, match="not valid"):
@@ -70,7 +73,7 @@ def test_chains_are_flattened_past_the_limit(home):
         backing, fmt = (parent.disk, "qcow2") if parent else (image.rootfs, "raw")
         tag = bytes([ord("a") + i])
         parent = ck.save(_overlay(home, backing, fmt, tag), f"c{i}", image=image, parent=parent,
-                         virtual_size_mb=64, home=home)
+                         virtual_size_mb=64, home=home, disks=QCOW2)
     assert len(ck.chain(ck.load(f"c{ck.MAX_CHAIN - 1}", home), home)) == ck.MAX_CHAIN
     flat = ck.load(f"c{ck.MAX_CHAIN}", home)
     assert flat.parent is None  # stands on the image alone
@@ -84,9 +87,9 @@ def test_chains_are_flattened_past_the_limit(home):
 def test_delete_rules_and_damage(home):
     image = _image(home)
     a = ck.save(_overlay(home, image.rootfs, "raw", b"a"), "a", image=image, parent=None,
-                virtual_size_mb=64, home=home)
+                virtual_size_mb=64, home=home, disks=QCOW2)
     ck.save(_overlay(home, a.disk, "qcow2", b"b"), "b", image=image, parent=a,
-            virtual_size_mb=64, home=home)
+            virtual_size_mb=64, home=home, disks=QCOW2)
     with pytest.raises(ck.CheckpointError, match="b stand on it"):
         ck.delete("a", home)
     with pytest.raises(ck.CheckpointError, match="no checkpoint named 'zzz'"):
@@ -107,7 +110,7 @@ def test_delete_rules_and_damage(home):
 def test_an_unchanged_disk_is_hashed_once_a_changed_one_again(home, monkeypatch):
     image = _image(home)
     ck.save(_overlay(home, image.rootfs, "raw", b"a"), "a", image=image, parent=None,
-            virtual_size_mb=64, home=home)
+            virtual_size_mb=64, home=home, disks=QCOW2)
     hashed = []
     real = ck.sha256_file
     monkeypatch.setattr(ck, "sha256_file", lambda path: hashed.append(path) or real(path))
@@ -136,7 +139,7 @@ def test_an_unchanged_disk_is_hashed_once_a_changed_one_again(home, monkeypatch)
 def test_a_touched_but_intact_disk_is_hashed_once_more(home, monkeypatch):
     image = _image(home)
     cp = ck.save(_overlay(home, image.rootfs, "raw", b"a"), "a", image=image, parent=None,
-                 virtual_size_mb=64, home=home)
+                 virtual_size_mb=64, home=home, disks=QCOW2)
     (cp.path / ck.VERIFIED).unlink()  # as a checkpoint made before the record existed
     os.utime(cp.disk)
     hashed = []
@@ -145,3 +148,57 @@ def test_a_touched_but_intact_disk_is_hashed_once_more(home, monkeypatch):
     ck.load("a", home)
     ck.load("a", home)
     assert hashed == [cp.disk]
+
+
+def test_keeping_a_restored_clones_layer_stands_it_on_the_real_base(home, tmp_path):
+    """A restored clone's layer stands on the saved state's overlay, which stands on the
+    image; kept as a checkpoint it must stand on the image itself and read exactly as it
+    did: the state's writes, the clone's writes, and the clone's where both wrote."""
+    image = _image(home)
+    state = _overlay(home, image.rootfs, "raw", b"s")  # the saved state's overlay
+    subprocess.run(["qemu-io", "-c", f"write -P {ord('x')} 0 65536", str(state)], check=True,
+                   capture_output=True)
+    clone = _overlay(home, state, "qcow2", b"c")
+    subprocess.run(["qemu-io", "-c", f"write -P {ord('y')} 0 65536", str(clone)], check=True,
+                   capture_output=True)
+    dest = tmp_path / "kept.qcow2"
+    QCOW2.keep(clone, dest, rebase_onto=(image.rootfs, "raw"))
+    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(dest)],
+                                     capture_output=True, text=True, check=True).stdout)
+    assert info["backing-filename"] == str(image.rootfs)
+    assert info["backing-filename-format"] == "raw"
+    assert _read_byte(dest, ord("s") * 65536) == ord("s")  # from the state
+    assert _read_byte(dest, ord("c") * 65536) == ord("c")  # from the clone
+    assert _read_byte(dest, 0) == ord("y")  # both wrote: the clone's
+    assert not clone.exists() and _read_byte(state, 0) == ord("x")  # the state is untouched
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_formats_are_recorded_and_never_mixed_in_a_chain(home, tmp_path):
+    """The manifest records the disk's format; one without it (written before formats were
+    recorded) reads as qcow2; a raw checkpoint (the helper's) cannot stand on a qcow2 one."""
+    from shuru.backends.helper.disks import RawDisks
+
+    image = _image(home)
+    cp = ck.save(_overlay(home, image.rootfs, "raw", b"a"), "q", image=image, parent=None,
+                 virtual_size_mb=64, home=home, disks=QCOW2)
+    assert cp.manifest["disk"]["format"] == "qcow2" and cp.disk.name == "disk.qcow2"
+    manifest = json.loads((cp.path / "manifest.json").read_text())
+    del manifest["disk"]["format"]
+    (cp.path / "manifest.json").write_text(json.dumps(manifest))
+    old = ck.load("q", home)
+    assert old.disk_format == "qcow2" and old.disk == cp.disk
+    raw = tmp_path / "layer.img"
+    raw.write_bytes(b"raw layer")
+    with pytest.raises(ck.CheckpointError, match="cannot stand on 'q': that one is a qcow2 disk, this backend keeps raw"):
+        ck.save(raw, "r", image=image, parent=old, virtual_size_mb=64, home=home,
+                disks=RawDisks())
+    assert raw.exists() and [c.name for c in ck.list_all(home)] == ["q"]
+    kept = ck.save(raw, "r", image=image, parent=None, virtual_size_mb=64, home=home,
+                   disks=RawDisks())
+    assert (kept.disk.name, kept.disk_format, kept.disk.read_bytes()) == (
+        "disk.img", "raw", b"raw layer")
+    manifest["disk"]["format"] = "vmdk"
+    (cp.path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ck.CheckpointError, match="unknown format 'vmdk'"):
+        ck.load("q", home)

@@ -20,13 +20,17 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
 import pytest
 
-from shuru import AsyncSandbox
+from shuru import AsyncSandbox, ShuruWarning
+from shuru import checkpoints as ck
 from shuru.backends.helper import machine as helper_mod
-from shuru.errors import BootError, HostError, ProtocolError, SandboxDiedError, ShuruError
+from shuru.errors import (BootError, HostError, ProtocolError, SandboxDiedError, ShuruError,
+                          UnsupportedError)
+from shuru.image.store import FORMAT as IMAGE_FORMAT, sha256_file
 
 ROOT = Path(__file__).resolve().parents[2]
 HELPER_DIR = ROOT / "helper"
@@ -170,6 +174,245 @@ async def test_console_lines_arrive_as_events(helper_env, boot_files, monkeypatc
         assert "console: booting agent" in sb.console_tail()
     finally:
         await sb.stop()
+
+
+# ---- the backend contract on the helper: checkpoints, from_=, pause, fast start ---------------
+
+ROOTFS_HEAD = b"image-rootfs:"
+
+
+@pytest.fixture
+def helper_home(helper_env, tmp_path, monkeypatch) -> Path:
+    """A data dir with a guest image (files the process driver never boots, but a raw
+    rootfs whose bytes can be followed into layers and checkpoints)."""
+    home = tmp_path / "home"
+    image = home / "images" / "img0"
+    image.mkdir(parents=True)
+    (image / "vmlinuz").write_bytes(b"not a kernel")
+    (image / "initrd.img").write_bytes(b"not an initrd")
+    rootfs = image / "rootfs.img"
+    rootfs.write_bytes(ROOTFS_HEAD + bytes(1 << 20))
+    manifest = {"format": IMAGE_FORMAT, "image_id": "img0", "files": {
+        name: {"sha256": sha256_file(image / name), "size": (image / name).stat().st_size}
+        for name in ("vmlinuz", "initrd.img", "rootfs.img")}}
+    (image / "manifest.json").write_text(json.dumps(manifest))
+    (home / "images" / "current").symlink_to("img0")
+    monkeypatch.setenv("SHURU_HOME", str(home))
+    return home
+
+
+async def test_checkpoint_and_from_keep_raw_disks_on_the_helper(helper_home):
+    """Before the contract, checkpoint() here shut the agent down and then failed with an
+    AttributeError (no `disk`), the sandbox gone; now the layer is kept as a raw disk."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ShuruWarning)  # no machine-state attempts either
+        sb = await AsyncSandbox.start(disk_size=256)
+        layer = sb._machine.layer
+        assert layer.read_bytes()[:len(ROOTFS_HEAD)] == ROOTFS_HEAD  # a clone of the image
+        assert layer.stat().st_size == 256 << 20
+        with open(layer, "r+b") as f:  # what a guest would have written (no VM here)
+            f.seek(2 << 20)
+            f.write(b"written-in-the-sandbox")
+        cp = await sb.checkpoint("ready")
+        assert sb.state.value == "stopped" and not layer.exists()
+        assert cp.manifest["disk"]["format"] == "raw" and cp.disk == cp.path / "disk.img"
+        assert ck.load("ready").disk_format == "raw"  # re-read, and re-hashed
+        async with await AsyncSandbox.start(from_="ready") as fork:
+            assert fork.accel == "process" and not fork.restored
+            data = fork._machine.layer.read_bytes()
+            assert data[:len(ROOTFS_HEAD)] == ROOTFS_HEAD
+            assert data[2 << 20:(2 << 20) + 22] == b"written-in-the-sandbox"
+            assert (await fork.exec("echo forked")).stdout == "forked\n"
+            child = await fork.checkpoint("child")
+        assert child.parent == "ready" and child.disk_format == "raw"
+        assert child.disk.read_bytes()[2 << 20:(2 << 20) + 22] == b"written-in-the-sandbox"
+    assert sorted(p.name for p in (helper_home / "checkpoints").iterdir()) == ["child", "ready"]
+
+
+async def test_a_qcow2_checkpoint_is_refused_by_the_helper_before_anything_starts(helper_home,
+                                                                                   helper_env):
+    """A checkpoint made by QEMU (an old manifest without a format: qcow2) used to be copied
+    as if it were a raw disk; now it is refused, naming the format and the backend."""
+    path = helper_home / "checkpoints" / "from-qemu"
+    path.mkdir(parents=True)
+    disk = path / "disk.qcow2"
+    disk.write_bytes(b"QFI\xfb" + bytes(4092))
+    image = helper_home / "images" / "img0"
+    (path / "manifest.json").write_text(json.dumps({
+        "format": ck.FORMAT, "name": "from-qemu", "parent": None, "image_id": "img0",
+        "image_rootfs_sha256": sha256_file(image / "rootfs.img"), "virtual_size_mb": 256,
+        "disk": {"size": disk.stat().st_size, "sha256": sha256_file(disk)}}))
+    assert ck.load("from-qemu").disk_format == "qcow2"
+    with pytest.raises(UnsupportedError, match="qcow2 disk.*helper \\(process driver\\)") as err:
+        await AsyncSandbox.start(from_="from-qemu")
+    assert err.value.backend == "helper (process driver)"
+    leftovers = [p for p in helper_env.iterdir() if p.is_dir()] if helper_env.exists() else []
+    assert leftovers == []  # no helper was launched, no run dir made
+
+
+async def test_fast_start_falls_back_to_a_cold_start_on_the_process_driver(helper_home, tmp_path):
+    """The process driver's hello says save_state: false, so a start (not `cold`) boots
+    without trying to save or restore a state; forcing fast start is a clear error that
+    changes nothing."""
+    from shuru.backends.base import MachineSpec
+    from shuru.backends.helper.machine import HelperBackend
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ShuruWarning)
+        sb = await AsyncSandbox.start()
+    try:
+        assert not sb.restored
+        assert not (helper_home / "images" / "img0" / "states").exists()
+        with pytest.raises(UnsupportedError, match="fast_start"):
+            await sb._machine.save_state(tmp_path)
+        assert list(tmp_path.glob("state*")) == []
+        assert (await sb.exec("echo still-running")).stdout == "still-running\n"
+    finally:
+        await sb.stop()
+    backend = HelperBackend(helper_home, driver="process")
+    caps = await backend.probe()
+    assert (caps.fast_start, caps.pause, caps.checkpoint) == (False, True, True)
+    image = helper_home / "images" / "img0"
+    spec = MachineSpec(kernel=image / "vmlinuz", initrd=None, rootfs=image / "rootfs.img",
+                       cpus=1, memory=256, disk_size=256)
+    work = tmp_path / "template"
+    work.mkdir()
+    with pytest.raises(UnsupportedError, match="helper \\(process driver\\) backend cannot"):
+        await backend.start_template(spec, work)
+    assert list(work.iterdir()) == []
+
+
+async def test_pause_resume_and_metrics_through_the_helper(sandbox):
+    """pause/resume were QMP-only (a SandboxStateError here); the helper's driver pauses."""
+    await sandbox.pause()
+    assert sandbox.state.value == "paused"
+    late = asyncio.ensure_future(_exec_raw(sandbox))
+    done, _ = await asyncio.wait({late}, timeout=0.5)
+    assert not done  # the agent is stopped: nothing runs
+    metrics = await sandbox.metrics()
+    assert metrics["state"] == "paused" and metrics["memory"]["rss"] and metrics["disk"]
+    await sandbox.resume()
+    assert (await asyncio.wait_for(late, 30)) == "late\n"
+    assert (await sandbox.exec("echo after")).stdout == "after\n"
+
+
+async def _exec_raw(sandbox) -> str:
+    """exec on the paused sandbox's channel (the SDK refuses exec while paused)."""
+    from shuru.process import run_to_completion
+
+    r = await run_to_completion(sandbox._channel.open_stream(), ["echo", "late"], stdin=None,
+                                timeout=60, cwd="/", env={}, user=None)
+    return r.stdout
+
+
+# A helper whose driver saves machine state, as VZ on macOS 14+ does: a Python stand-in that
+# speaks the real protocol. Its "guest" is the agent as a process; a restored guest is a
+# fresh agent (a process cannot be restored), which is what fast start's `resume` expects
+# of a clone. The state file holds the machine identity it was saved with, and a restore
+# into another identity is refused (EINVAL), as VZ refuses it.
+VZ_LIKE = """
+    import json, os, signal, subprocess
+    machine_id, agent, host_end = os.urandom(16), None, None
+    log = open(os.environ["FAKE_VZ_LOG"], "a")
+    def reply(rid, **fields):
+        send({"id": rid, "ok": True, **fields})
+    while True:
+        try:
+            msg = recv()
+        except Exception:
+            break  # the client hung up
+        op, rid = msg["op"], msg["id"]
+        given = msg.get("config", {}).get("machine_id")
+        log.write(json.dumps({"op": op, "machine_id": given.hex() if given else None}) + "\\n")
+        log.flush()
+        if op == "hello":
+            reply(rid, version=1, helper="fake-vz", driver="vz",
+                  capabilities={"save_state": True, "pause": True})
+        elif op == "create":
+            machine_id = given or machine_id
+            reply(rid, machine_id=machine_id)
+        elif op in ("start", "resume") and agent is None:
+            host_end, guest = socket.socketpair()
+            agent = subprocess.Popen([sys.executable, "-m", "shuru_guest", "--fd",
+                                      str(guest.fileno())], pass_fds=[guest.fileno()])
+            guest.close()
+            reply(rid)
+        elif op in ("pause", "resume"):
+            agent.send_signal(signal.SIGSTOP if op == "pause" else signal.SIGCONT)
+            reply(rid)
+        elif op == "save_state":
+            with open(msg["path"], "wb") as f:
+                f.write(b"vz-state:" + machine_id)
+            reply(rid)
+        elif op == "restore_state":
+            with open(msg["path"], "rb") as f:
+                if f.read() == b"vz-state:" + machine_id:
+                    reply(rid)
+                else:
+                    send({"id": rid, "ok": False, "error": {
+                        "code": "EINVAL", "message": "another machine identity saved this"}})
+        elif op == "connect":
+            import msgpack, struct
+            payload = msgpack.packb({"id": rid, "ok": True})
+            socket.send_fds(conn, [struct.pack(">I", len(payload)) + payload], [host_end.fileno()])
+            host_end.close()
+        elif op == "stop":
+            if agent is not None:
+                agent.kill()
+                agent.wait()
+            reply(rid)
+    if agent is not None and agent.poll() is None:
+        agent.kill()
+"""
+
+
+async def test_fast_start_saves_and_restores_through_the_helper(helper_home, tmp_path,
+                                                                  monkeypatch):
+    """With a driver whose hello says save_state: true, the first start saves a template
+    (pause, save_state, its machine identity kept) and restores a clone from it (create with
+    that identity, restore_state, resume); the next start restores at once."""
+    log = tmp_path / "ops.jsonl"
+    monkeypatch.setenv("FAKE_VZ_LOG", str(log))
+    monkeypatch.setenv("SHURU_HELPER", str(fake_helper(tmp_path, VZ_LIKE)))
+    with pytest.warns(ShuruWarning, match="no saved machine state yet"):
+        sb = await AsyncSandbox.start()
+    try:
+        assert sb.restored and sb.accel == "vz"
+        state = sb._machine.restored_from
+        assert sorted(p.name for p in state.iterdir()) == [
+            "disk.img", "machine_id", "manifest.json", "state.vzsave"]
+        assert (state / "disk.img").read_bytes()[:len(ROOTFS_HEAD)] == ROOTFS_HEAD
+        assert (await sb.exec("echo restored")).stdout == "restored\n"
+    finally:
+        await sb.stop()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ShuruWarning)
+        again = await AsyncSandbox.start()
+    try:
+        assert again.restored and again._machine.restored_from == state
+        assert again._machine.layer != state / "disk.img"  # a clone's own disk
+    finally:
+        await again.stop()
+    ops = [json.loads(line) for line in log.read_text().splitlines()]
+    saved_id = (state / "machine_id").read_bytes().hex()
+    creates = [op["machine_id"] for op in ops if op["op"] == "create"]
+    assert creates[0] is None and creates[1:] == [saved_id, saved_id]  # template, 2 clones
+    names = [op["op"] for op in ops if op["op"] not in ("hello", "connect")]
+    names = names[names.index("create"):]  # after the probe (hello, stop)
+    assert names[:5] == ["create", "start", "pause", "save_state", "stop"]
+    assert names[5:8] == ["create", "restore_state", "resume"]
+
+
+async def test_every_contract_operation_on_the_helper(helper_home, tmp_path):
+    from tests.backend_contract import exercise
+    from shuru.backends.base import MachineSpec
+    from shuru.backends.helper.machine import HelperBackend
+
+    image = helper_home / "images" / "img0"
+    spec = MachineSpec(kernel=image / "vmlinuz", initrd=None, rootfs=image / "rootfs.img",
+                       cpus=1, memory=256, disk_size=256)
+    caps = await exercise(HelperBackend(helper_home, driver="process"), spec, tmp_path)
+    assert not caps.fast_start  # the process driver: refused, as exercise() checked
 
 
 # ---- failures ----------------------------------------------------------------------------

@@ -46,7 +46,7 @@ async def test_fan_out_isolated_forks_and_an_unchanged_checkpoint(names):
 
     async def fork(i: int) -> str:
         async with await AsyncSandbox.start(from_=ready) as s:
-            assert s.restored and s._machine.restored_from.parent == saved[0].path
+            assert s.restored and s._machine.restored_from == saved[0].path
             await s.exec(f"echo {i} > /work/mine-{i} && cat /work/repo/HEAD >> /work/mine-{i}")
             return (await s.exec("cat /usr/local/bin/tool-version; ls /work; "
                                  "cat /work/repo/objects/ab/cd")).stdout

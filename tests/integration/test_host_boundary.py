@@ -67,7 +67,7 @@ async def test_the_overlay_lives_on_disk_under_the_data_dir_and_goes_with_the_sa
         runtime_dir):
     sb = await AsyncSandbox.start()
     try:
-        disk = sb._machine.disk
+        disk = sb._machine.layer
         assert disk.is_file() and disk.parent.parent == shuru_home() / "run"
         assert runtime_dir not in disk.parents
         before = disk.stat().st_blocks * 512

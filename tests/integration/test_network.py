@@ -398,7 +398,7 @@ async def test_the_real_value_is_nowhere_in_the_guest(sb, tmp_path):
     assert hashlib.sha256(TOKEN.encode()).hexdigest() not in hashes
     # The disk, from the host: the guest's writes are all in its overlay once synced.
     await sb.exec(f"echo disk-marker-{placeholder} > /root/marker && sync")
-    disk = sb._machine.disk.read_bytes()
+    disk = sb._machine.layer.read_bytes()
     assert f"disk-marker-{placeholder}".encode() in disk  # the search would find it
     assert TOKEN.encode() not in disk
     # All of the guest's memory, dumped by QEMU.

@@ -29,8 +29,11 @@ async def test_a_checkpoint_is_loaded_off_the_event_loop(monkeypatch):
 class _FailingBackend:
     """A backend whose template VM never boots."""
 
-    capabilities = Capabilities(name="fake", snapshot_memory=True, channel="virtio-serial",
-                                fast_start=True)
+    capabilities = Capabilities(backend="fake", checkpoint=True,
+                                fast_start=True, pause=True)
+
+    async def probe(self):
+        return self.capabilities
 
     def machine_identity(self, spec):
         return {"qemu": "fake"}

@@ -9,6 +9,7 @@ import pytest
 from shuru.backends.helper import machine as helper
 from shuru.backends.helper import protocol as hp
 from shuru.backends.base import MachineSpec
+from shuru.backends.helper.disks import clone_disk
 from shuru.backends.select import default_backend
 from shuru.errors import ConfigError, HostError
 
@@ -68,7 +69,7 @@ async def test_clone_disk_grows_to_size(tmp_path):
     base = tmp_path / "base.img"
     base.write_bytes(b"x" * 4096)
     dest = tmp_path / "disk.img"
-    await helper.clone_disk(base, dest, 1)
+    await clone_disk(base, dest, 1)
     assert dest.stat().st_size == 1024 * 1024
     assert dest.read_bytes()[:4096] == b"x" * 4096
     assert base.stat().st_size == 4096
@@ -84,7 +85,7 @@ def test_backend_choice(monkeypatch, tmp_path):
     monkeypatch.setattr(sys, "platform", "darwin")
     mac = default_backend(tmp_path, {})
     assert type(mac).__name__ == "HelperBackend" and mac.driver == "vz"
-    assert mac.capabilities.snapshot_memory and mac.capabilities.channel == "vsock"
+    assert mac.disks.format == "raw"
     with pytest.raises(HostError, match="Linux only"):
         default_backend(tmp_path, {"SHURU_BACKEND": "qemu"})
 
@@ -99,3 +100,17 @@ def test_states_match_the_swift_helper():
     enum = swift.split("public enum VMState: String, CaseIterable {")[1].split("}")[0]
     names = [n.strip() for line in enum.split("case ")[1:] for n in line.split(",")]
     assert tuple(names) == hp.STATES
+
+
+def test_capabilities_are_what_the_hello_reply_says():
+    """The helper's own answer decides fast start and pause, not the platform's name."""
+    vz = helper.Driver.from_hello({"driver": "vz", "helper": "1.0",
+                                   "capabilities": {"save_state": True, "pause": True}})
+    caps = vz.capabilities()
+    assert (caps.fast_start, caps.pause, caps.checkpoint) == (True, True, True)
+    assert caps.backend == "helper (vz driver)"
+    intel = helper.Driver.from_hello({"driver": "vz", "helper": "1.0",
+                                      "capabilities": {"save_state": False, "pause": True}})
+    assert not intel.capabilities().fast_start
+    # A reply without (or with a malformed) capabilities map claims nothing.
+    assert not helper.Driver.from_hello({"driver": "vz", "capabilities": "yes"}).capabilities().pause

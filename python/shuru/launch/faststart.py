@@ -10,7 +10,8 @@ Owns the decision between restoring and booting, and the fallbacks:
 * Saving or restoring the new state fails too: warn, and boot an ordinary VM. A saved
   state is a cache; it never makes a start fail. Only a real boot failure does.
 
-`cold=True`, a backend without fast start, or custom boot files (no disk layer to key a
+`cold=True`, a backend without fast start (as its `probe` says: the helper's process
+driver), or custom boot files (no disk layer to key a
 state by) boot directly. An unsafe runtime directory fails the start before any of this.
 
 `prepare` saves a layer's state ahead of time: `checkpoint()` calls it, so the sandboxes
@@ -29,7 +30,7 @@ from typing import Callable
 from ..backends import rundir as runtime
 from . import states
 from .. import agent_client as agent
-from ..backends.base import MachineSpec
+from ..backends.base import Backend, Machine, MachineSpec
 from ..channel import Channel
 from ..errors import BootError, SandboxDiedError, ShuruError, ShuruWarning
 from ..process import run_to_completion
@@ -52,9 +53,7 @@ async def connect_agent(machine, *, timeout: float = BOOT_TIMEOUT,
                                      return_when=asyncio.FIRST_COMPLETED)
         if hello not in done:
             if machine.exited in done:
-                drained = getattr(machine, "console_drained", None)
-                if drained:
-                    await drained()
+                await machine.console_drained()
                 raise BootError("the VM stopped before its agent came up",
                                 console_tail=machine.console_tail())
             raise BootError(f"the VM's agent did not come up within {timeout:.0f} s",
@@ -71,7 +70,8 @@ async def connect_agent(machine, *, timeout: float = BOOT_TIMEOUT,
     return channel
 
 
-async def cold_start(backend, spec: MachineSpec, on_console) -> tuple[object, Channel]:
+async def cold_start(backend: Backend, spec: MachineSpec,
+                     on_console) -> tuple[Machine, Channel]:
     machine = await backend.start(spec, on_console=on_console)
     try:
         return machine, await connect_agent(machine)
@@ -80,10 +80,10 @@ async def cold_start(backend, spec: MachineSpec, on_console) -> tuple[object, Ch
         raise
 
 
-async def restore(backend, spec: MachineSpec, state: states.SavedState,
-                  on_console) -> tuple[object, Channel]:
-    machine = await backend.restore(spec, disk=state.disk, ram=state.ram, state=state.state,
-                                    cmdline=state.cmdline, on_console=on_console)
+async def restore(backend: Backend, spec: MachineSpec, state: states.SavedState,
+                  on_console) -> tuple[Machine, Channel]:
+    machine = await backend.restore(spec, state.path, cmdline=state.cmdline,
+                                    on_console=on_console)
     try:
         return machine, await connect_agent(machine, timeout=RESUME_TIMEOUT, resume=True)
     except BaseException:
@@ -91,7 +91,7 @@ async def restore(backend, spec: MachineSpec, state: states.SavedState,
         raise
 
 
-async def save(backend, spec: MachineSpec, layer: states.Layer, ident: dict,
+async def save(backend: Backend, spec: MachineSpec, layer: states.Layer, ident: dict,
                on_console) -> states.SavedState:
     """Boot a template VM, let its agent come up and go idle, and save it as the state for
     `ident`. A failure to boot is a BootError like any cold boot's."""
@@ -105,12 +105,12 @@ async def save(backend, spec: MachineSpec, layer: states.Layer, ident: dict,
             await run_to_completion(channel.open_stream(), ["/bin/sh", "-c", "true"],
                                     stdin=None, timeout=60, cwd="/")
             await channel.park()
-            await machine.save_state(work / "state.bin")
+            await machine.save_state(work)
             await channel.close()
         finally:
             await machine.stop()
         return states.publish(work, layer, ident, cmdline=machine.cmdline,
-                                 guest=dict(channel.guest_hello))
+                              guest=dict(channel.guest_hello), files=backend.state_files)
     except BaseException:
         states.discard(work)
         raise
@@ -120,12 +120,12 @@ def _warn(message: str) -> None:
     warnings.warn(message, ShuruWarning, stacklevel=3)
 
 
-async def start(backend, spec: MachineSpec, layer: states.Layer | None, *, cold: bool,
-                on_console: Callable[[bytes], None] | None = None) -> tuple[object, Channel]:
+async def start(backend: Backend, spec: MachineSpec, layer: states.Layer | None, *, cold: bool,
+                on_console: Callable[[bytes], None] | None = None) -> tuple[Machine, Channel]:
     """A running machine and its connected channel, restored when possible (see above)."""
     # A runtime root that is not private fails here, before any warning about states.
     runtime.private_dir(runtime.runtime_root())
-    if cold or layer is None or not backend.capabilities.fast_start:
+    if cold or layer is None or not (await backend.probe()).fast_start:
         return await cold_start(backend, spec, on_console)
     ident = _identity(backend, spec, layer)
     first = await _try_existing(backend, spec, layer, ident, on_console)
@@ -155,8 +155,8 @@ class Miss:
     reason: str
 
 
-async def _try_existing(backend, spec: MachineSpec, layer: states.Layer, ident: dict,
-                        on_console) -> tuple[object, Channel] | Miss:
+async def _try_existing(backend: Backend, spec: MachineSpec, layer: states.Layer, ident: dict,
+                        on_console) -> tuple[Machine, Channel] | Miss:
     """Restore from the layer's state: the (machine, channel) pair, or a `Miss` saying why
     not (a state that is stale or fails to load is discarded)."""
     try:
@@ -173,20 +173,21 @@ async def _try_existing(backend, spec: MachineSpec, layer: states.Layer, ident: 
         return Miss(f"the saved machine state failed to load ({e.message.splitlines()[0]})")
 
 
-def _identity(backend, spec: MachineSpec, layer: states.Layer) -> dict:
+def _identity(backend: Backend, spec: MachineSpec, layer: states.Layer) -> dict:
     return states.identity(layer, cpus=spec.cpus, memory=spec.memory,
                               disk_size=spec.disk_size, verbose_console=spec.verbose_console,
                               machine=backend.machine_identity(spec))
 
 
-async def prepare(backend, spec: MachineSpec, layer: states.Layer,
+async def prepare(backend: Backend, spec: MachineSpec, layer: states.Layer,
                   on_console: Callable[[bytes], None] | None = None) -> states.SavedState | None:
     """Make sure `layer` has a usable state for `spec`, booting and saving one if it has
     none, so that the next start restores. The state is a cache: a failure to make it is a
-    warning (the next start boots and tries again), never an error."""
-    if not backend.capabilities.fast_start:
-        return None
+    warning (the next start boots and tries again), never an error; a backend without
+    fast start makes none."""
     try:
+        if not (await backend.probe()).fast_start:
+            return None
         ident = _identity(backend, spec, layer)
         async with states.building(layer, ident):
             try:

@@ -86,7 +86,7 @@ def plan(config: SandboxConfig, *, image: Image | None = None,
     custom_boot = bool(c.kernel or c.initrd)
     rootfs_format, base_mb, disk_size, layer = "raw", 0, c.disk_size, None
     if checkpoint is not None:
-        rootfs, rootfs_format = Path(checkpoint.disk), "qcow2"
+        rootfs, rootfs_format = Path(checkpoint.disk), checkpoint.disk_format
         base_mb = checkpoint.virtual_size_mb
         disk_size = max(disk_size, base_mb)
         if not custom_boot:

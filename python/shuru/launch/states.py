@@ -9,6 +9,9 @@ A saved state is what a sandbox restores instead of booting. It belongs to one d
         state.bin       QEMU's device state (CPU, devices; RAM is not in it)
         manifest.json   format, key, identity, kernel command line, file sizes, created
 
+(that is QEMU's set; the backend names its files, `Backend.state_files`: the helper keeps
+disk.img, VZ's state.vzsave and the machine identity), and the manifest lists them.
+
 `key` is a hash of the state's identity: the layer, everything that changes the machine
 (cpus, memory, disk size, console verbosity) and the QEMU and accelerator that made it. A
 start with other options finds no state under its key and saves its own. A state whose
@@ -37,7 +40,7 @@ from typing import Any, AsyncIterator
 from ..errors import ShuruError, StaleStateError
 
 FORMAT = 1
-FILES = ("disk.qcow2", "ram", "state.bin")
+FILES = ("disk.qcow2", "ram", "state.bin")  # QEMU's; each backend names its own (`state_files`)
 ABANDONED_AFTER = 3600.0  # seconds; an unpublished work dir this old belongs to nobody
 KEEP_PER_LAYER = 8  # more variants of one layer than this: the least recently used go
 
@@ -118,9 +121,9 @@ def problem(manifest: object, ident: dict[str, Any], sizes: dict[str, int | None
         return "it was made with other " + ", ".join(
             f"{k} ({recorded.get(k)!r}, now {ident.get(k)!r})" for k in changed)
     want = manifest.get("files")
-    if not isinstance(want, dict) or not isinstance(manifest.get("cmdline"), str):
+    if not isinstance(want, dict) or not want or not isinstance(manifest.get("cmdline"), str):
         return "its manifest is incomplete"
-    for name in FILES:
+    for name in want:
         if sizes.get(name) is None:
             return f"{name} is missing"
         if sizes[name] != want.get(name):
@@ -131,9 +134,9 @@ def problem(manifest: object, ident: dict[str, Any], sizes: dict[str, int | None
 # ---- the store ------------------------------------------------------------------------------
 
 
-def _sizes(path: Path) -> dict[str, int | None]:
+def _sizes(path: Path, files: tuple[str, ...] = FILES) -> dict[str, int | None]:
     out: dict[str, int | None] = {}
-    for name in FILES:
+    for name in files:
         try:
             out[name] = (path / name).stat().st_size
         except OSError:
@@ -152,7 +155,10 @@ def find(layer: Layer, ident: dict[str, Any]) -> SavedState | None:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, ValueError) as e:
         raise StaleStateError(f"the saved machine state at {path} is unreadable ({e})") from None
-    why = problem(manifest, ident, _sizes(path))
+    listed = manifest.get("files") if isinstance(manifest, dict) else None
+    names = tuple(n for n in listed if isinstance(n, str) and "/" not in n) \
+        if isinstance(listed, dict) else FILES
+    why = problem(manifest, ident, _sizes(path, names))
     if why:
         raise StaleStateError(f"the saved machine state at {path} is stale: {why}")
     with contextlib.suppress(OSError):
@@ -190,15 +196,16 @@ def new_workdir(layer: Layer) -> Path:
 
 
 def publish(work: Path, layer: Layer, ident: dict[str, Any], *, cmdline: str,
-            guest: dict[str, Any]) -> SavedState:
+            guest: dict[str, Any], files: tuple[str, ...] = FILES) -> SavedState:
     """Write the manifest and move `work` into place as the state for `ident`, replacing
     one that was there; then drop states of this layer that can never load again (made by
-    another QEMU) and the oldest beyond KEEP_PER_LAYER."""
-    sizes = _sizes(work)
-    missing = [n for n in FILES if sizes[n] is None]
+    another QEMU) and the oldest beyond KEEP_PER_LAYER. `files`: what the backend's
+    `save_state` leaves (its `state_files`), the disk first."""
+    sizes = _sizes(work, files)
+    missing = [n for n in files if sizes[n] is None]
     if missing:
         raise StaleStateError(f"saving the machine state left no {', '.join(missing)} in {work}")
-    os.chmod(work / "disk.qcow2", 0o444)
+    os.chmod(work / files[0], 0o444)  # the disk clones stand on
     manifest = {
         "format": FORMAT,
         "key": key(ident),
@@ -244,8 +251,10 @@ def list_layer(layer: Layer) -> list[SavedState]:
 
 def disk_usage(state: SavedState) -> int:
     """Bytes the state really occupies (its RAM file and disk are sparse)."""
-    return sum((state.path / n).stat().st_blocks * 512 for n in FILES
-               if (state.path / n).exists())
+    files = state.manifest.get("files")
+    names = [n for n in files if isinstance(n, str)] if isinstance(files, dict) else FILES
+    return sum((state.path / n).stat().st_blocks * 512 for n in names
+               if "/" not in n and (state.path / n).exists())
 
 
 @contextlib.asynccontextmanager

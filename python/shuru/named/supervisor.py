@@ -269,7 +269,7 @@ class Supervisor:
             "ports": [f"{f.host}:{f.host_port}->{f.guest_port}" for f in self.sandbox.ports],
             "owner_pid": self.spec.get("owner_pid"), "supervisor_pid": os.getpid(),
             "detached": not self.spec.get("bound_to_owner"),
-            "qemu_pid": getattr(getattr(self.sandbox._machine, "proc", None), "pid", None),
+            "qemu_pid": self.sandbox._machine.pid if self.sandbox._machine else None,
             "lifetime": self.lifetime, "deadline": self.deadline,
             "idle_timeout": self.idle_timeout, "accel": self.sandbox.accel,
         }

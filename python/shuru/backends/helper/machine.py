@@ -18,6 +18,7 @@ import contextlib
 import itertools
 import json
 import os
+import platform
 import shutil
 import socket
 import subprocess
@@ -34,12 +35,14 @@ from ...errors import (
     ProtocolError,
     SandboxDiedError,
     ShuruError,
+    StaleStateError,
 )
 from ...engine import Runstate, RunState
 from ..rundir import RunDir, die_with_parent, disk_root
 from ...sanitize import neutralise
 from . import protocol as hp
-from ..base import Capabilities, MachineSpec
+from ..base import FAST_START, PAUSE, Capabilities, MachineSpec
+from .disks import RawDisks
 
 AGENT_PORT = 1024
 DEFAULT_AGENT_COMMAND = (sys.executable, "-m", "shuru_guest", "--fd", "{fd}")
@@ -58,10 +61,22 @@ MAX_QUEUED_FDS = 4  # descriptors received but not yet claimed by a connect repl
 
 @dataclass(frozen=True)
 class Driver:
-    """What the sandbox reports as its accelerator: the helper's driver."""
+    """The helper's driver as its `hello` reply describes it."""
 
-    name: str  # "vz" or "process"
+    name: str  # "vz" or "process": what the sandbox reports as its accelerator
     helper: str  # the helper's release
+    save_state: bool = False  # can save and restore machine state
+    pause: bool = False  # can pause and resume
+
+    @classmethod
+    def from_hello(cls, reply: dict) -> "Driver":
+        caps = reply.get("capabilities")
+        caps = caps if isinstance(caps, dict) else {}
+        return cls(str(reply.get("driver", "?")), str(reply.get("helper", "?")),
+                   save_state=caps.get("save_state") is True, pause=caps.get("pause") is True)
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(backend=f"helper ({self.name} driver)", checkpoint=True, fast_start=self.save_state, pause=self.pause)
 
 
 def find_helper(environ=os.environ) -> Path:
@@ -108,41 +123,27 @@ def kernel_cmdline(*, verbose: bool, agent_port: int) -> str:
     return " ".join(parts)
 
 
-def machine_config(spec: MachineSpec, *, disk: Path, driver: str, environ=os.environ) -> dict:
+def machine_config(spec: MachineSpec, *, disk: Path, driver: str, environ=os.environ,
+                   cmdline: str | None = None, machine_id: bytes | None = None) -> dict:
     """The `create.config` for a spec (pure). No network device: the guest reaches the network
-    only through the agent channel."""
+    only through the agent channel. A restore passes the template's `cmdline` and
+    `machine_id` (VZ restores a state only into the machine identity that saved it)."""
     config = {
         "kernel": str(spec.kernel),
         "initrd": str(spec.initrd) if spec.initrd else None,
         "disk": str(disk),
         "cpus": spec.cpus,
         "memory_mb": spec.memory,
-        "cmdline": kernel_cmdline(verbose=spec.verbose_console, agent_port=AGENT_PORT),
+        "cmdline": cmdline or kernel_cmdline(verbose=spec.verbose_console, agent_port=AGENT_PORT),
         "network": "none",
         "agent_port": AGENT_PORT,
         "console": True,
     }
+    if machine_id is not None:
+        config["machine_id"] = machine_id
     if driver == "process":
         config["agent_command"] = agent_command(environ)
     return config
-
-
-async def clone_disk(base: Path, dest: Path, size_mb: int) -> None:
-    """The sandbox's own raw disk, grown to `size_mb`: a copy-on-write clone where the
-    filesystem can make one (APFS `cp -c`, reflink), else a plain copy."""
-    base_size = base.stat().st_size
-    if size_mb * 1024 * 1024 < base_size:
-        raise BootError(f"disk_size {size_mb} MiB is smaller than the image's root filesystem "
-                        f"({-(-base_size // (1024 * 1024))} MiB)")
-    for argv in (["cp", "-c", str(base), str(dest)], ["cp", "--reflink=auto", str(base), str(dest)]):
-        with contextlib.suppress(OSError):
-            proc = await asyncio.create_subprocess_exec(*argv, stdout=subprocess.DEVNULL,
-                                                        stderr=subprocess.DEVNULL)
-            if await proc.wait() == 0:
-                break
-    else:
-        await asyncio.to_thread(shutil.copyfile, base, dest)
-    os.truncate(dest, size_mb * 1024 * 1024)
 
 
 class HelperClient:
@@ -270,13 +271,20 @@ class HelperClient:
 
 
 class HelperMachine:
-    """One VM through one helper process: everything from launch to clean-up."""
+    """One VM through one helper process: everything from launch to clean-up (`Machine`,
+    see backends/base.py)."""
 
     def __init__(self, binary: Path, rundir: RunDir, on_console: Callable[[bytes], None] | None):
         self.binary = binary
         self.rundir = rundir
         self.agent: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
-        self.accel: Driver | None = None
+        self.driver: Driver | None = None  # from the hello reply
+        self.capabilities = Driver("?", "?").capabilities()  # until the hello reply says
+        self.cmdline = ""
+        self.layer = rundir.disk_dir / "disk.img"
+        self.backing: tuple[Path, str] = (self.layer, RawDisks.format)
+        self.restored_from: Path | None = None
+        self.machine_id: bytes | None = None  # from the create reply
         self.vm_state = "unconfigured"
         self.exited: asyncio.Future = asyncio.get_running_loop().create_future()
         self._on_console = on_console
@@ -286,6 +294,11 @@ class HelperMachine:
         self._watch: asyncio.Task | None = None
         self._stopping = False
         self._stopped = False
+
+    @property
+    def accel(self) -> str:
+        """The helper's driver: "vz" or "process"."""
+        return self.driver.name if self.driver else "?"
 
     @property
     def pid(self) -> int | None:
@@ -317,19 +330,48 @@ class HelperMachine:
                                                   on_event=self._on_event)
         self._watch = asyncio.create_task(self._watch_helper())
 
-    async def boot(self, spec: MachineSpec) -> None:
-        """Greet, create, start, and connect to the guest agent."""
+    async def greet(self) -> Driver:
+        """Say hello; the reply names the driver and what it can do."""
         reply = await self._call("hello", "say hello", version=hp.VERSION)
         if reply.get("version") != hp.VERSION:
             raise self._version_error(reply.get("version"))
-        self.accel = Driver(reply.get("driver", "?"), reply.get("helper", "?"))
-        disk = spec.rootfs
-        if self.accel.name != "process":  # the process driver runs no VM, so needs no disk
-            disk = self.rundir.disk_dir / "disk.img"  # on disk, not in the runtime dir
-            await clone_disk(spec.rootfs, disk, spec.disk_size)
-        await self._call("create", "create the VM",
-                         config=machine_config(spec, disk=disk, driver=self.accel.name))
-        await self._call("start", "start the VM")
+        self.driver = Driver.from_hello(reply)
+        self.capabilities = self.driver.capabilities()
+        return self.driver
+
+    async def boot(self, spec: MachineSpec, *, base: tuple[Path, str, int] | None = None,
+                   layer: Path | None = None, restore: Path | None = None,
+                   cmdline: str | None = None) -> None:
+        """Greet, make the VM's layer (over `base`, else the spec's rootfs; at `layer`, else
+        in the run dir), create, start — or, with `restore` (a state dir), restore it with
+        the template's machine identity and command line and resume it — and connect to the
+        guest agent."""
+        driver = await self.greet()
+        if restore is not None:
+            self.capabilities.require(FAST_START)
+        base_path, base_format, base_mb = base or (spec.rootfs, spec.rootfs_format,
+                                                   spec.rootfs_size_mb)
+        if layer is not None:
+            self.layer = layer
+        self.backing = (base_path, base_format)
+        await RawDisks(self.capabilities.backend).create_layer(
+            base_path, base_format, self.layer, size_mb=spec.disk_size, base_size_mb=base_mb)
+        machine_id = _machine_id(restore) if restore is not None else None
+        self.cmdline = cmdline or kernel_cmdline(verbose=spec.verbose_console,
+                                                 agent_port=AGENT_PORT)
+        created = await self._call("create", "create the VM",
+                                   config=machine_config(spec, disk=self.layer,
+                                                         driver=driver.name,
+                                                         cmdline=self.cmdline,
+                                                         machine_id=machine_id))
+        self.machine_id = created.get("machine_id")
+        if restore is not None:
+            await self._call("restore_state", "restore the machine state",
+                             path=str(restore / STATE_FILE))
+            await self._call("resume", "resume the restored VM")
+            self.restored_from = restore
+        else:
+            await self._call("start", "start the VM")
         fd = await self._connect_agent()
         try:
             sock = socket.socket(fileno=fd)
@@ -337,6 +379,29 @@ class HelperMachine:
         except OSError as e:
             os.close(fd)
             raise BootError(f"the agent connection from {self.binary} is unusable: {e.strerror}") from None
+
+    async def pause(self) -> None:
+        self.capabilities.require(PAUSE)
+        await self._call("pause", "pause the VM")
+
+    async def resume(self) -> None:
+        self.capabilities.require(PAUSE)
+        await self._call("resume", "resume the VM")
+
+    async def console_drained(self, timeout: float = 2.0) -> None:
+        """Console lines arrive as events on the control connection, in order, before the
+        VM's `stopped` event: there is nothing left to wait for."""
+        return None
+
+    async def save_state(self, workdir: Path) -> None:
+        """Pause the template VM, save its memory and devices to `workdir` (VZ
+        `saveMachineStateTo`), keep its machine identity beside them (a restore needs it),
+        and end it. Its layer is already in `workdir` (`HelperBackend.start_template`)."""
+        self.capabilities.require(FAST_START)
+        await self._call("pause", "pause the VM to save it")
+        await self._call("save_state", "save the machine state", path=str(workdir / STATE_FILE))
+        (workdir / MACHINE_ID_FILE).write_bytes(self.machine_id or b"")
+        await self.stop()
 
     async def _connect_agent(self) -> int:
         """The agent's socket. Under VZ the guest is still booting at first, so a refused
@@ -472,27 +537,99 @@ class HelperMachine:
         self.rundir.close()
 
 
+STATE_FILE = "state.vzsave"  # VZ's saved memory and devices
+MACHINE_ID_FILE = "machine_id"  # the template's VZ machine identifier
+
+
+def _machine_id(state_dir: Path) -> bytes:
+    """The machine identity a saved state was made with (VZ restores only into it)."""
+    try:
+        return (state_dir / MACHINE_ID_FILE).read_bytes()
+    except OSError as e:
+        raise StaleStateError(f"the saved machine state at {state_dir} has no machine "
+                              f"identity: {e.strerror}") from None
+
+
+# What each helper binary's driver said it can do, keyed by (binary, its mtime, driver): a
+# rebuilt helper is asked again.
+_probed: dict[tuple[str, float, str], Driver] = {}
+
+
 class HelperBackend:
     """The Backend for `shuru-helper`; `driver` is chosen by `select.py` ("vz" on macOS,
-    "process" for tests elsewhere)."""
+    "process" for tests elsewhere). What it can do is what the helper's `hello` reply says
+    (`probe`): VZ on macOS 14+ on Apple silicon saves machine state; the process driver
+    does not, so it always boots cold."""
+
+    name = "helper"
+    state_files = ("disk.img", STATE_FILE, MACHINE_ID_FILE)
 
     def __init__(self, data_dir: Path, driver: str = "vz"):
         self.data_dir = data_dir
         self.driver = driver
-        vz = driver == "vz"
-        self.capabilities = Capabilities(name="helper", snapshot_memory=vz,
-                                         channel="vsock" if vz else "socketpair")
+        self.disks = RawDisks(f"helper ({driver} driver)")
+
+    def _key(self, binary: Path) -> tuple[str, float, str]:
+        try:
+            mtime = binary.stat().st_mtime
+        except OSError:
+            mtime = 0.0
+        return (str(binary), mtime, self.driver)
+
+    async def probe(self) -> Capabilities:
+        """Ask the helper (once per binary) what its driver can do."""
+        binary = find_helper()
+        key = self._key(binary)
+        if key not in _probed:
+            rundir = RunDir.create()
+            machine = HelperMachine(binary, rundir, None)
+            try:
+                await machine.launch(self.driver)
+                _probed[key] = await machine.greet()
+            finally:
+                await machine.stop()
+        return _probed[key].capabilities()
+
+    def machine_identity(self, spec: MachineSpec) -> dict:
+        """The helper's release and driver, and the host's OS release: VZ loads a state
+        only on the kind of host that saved it. Read from `probe`'s answer."""
+        driver = _probed.get(self._key(find_helper()))
+        return {"helper": driver.helper if driver else "?", "driver": self.driver,
+                "host": f"{platform.system()} {platform.release()} {platform.machine()}"}
 
     async def start(self, spec: MachineSpec, *,
                     on_console: Callable[[bytes], None] | None = None) -> HelperMachine:
+        """Boot a VM on its own raw clone of the spec's root disk."""
+        return await self._launch(spec, on_console)
+
+    async def start_template(self, spec: MachineSpec, workdir: Path, *,
+                             on_console: Callable[[bytes], None] | None = None) -> HelperMachine:
+        """Boot a VM whose disk is `workdir`/disk.img, to be saved with `save_state`."""
+        (await self.probe()).require(FAST_START)
+        return await self._launch(spec, on_console, layer=workdir / "disk.img")
+
+    async def restore(self, spec: MachineSpec, state_dir: Path, *, cmdline: str,
+                      on_console: Callable[[bytes], None] | None = None) -> HelperMachine:
+        """A clone of the saved template: a raw clone of its disk, restored with its machine
+        identity, resumed; its agent waits for `resume`."""
+        (await self.probe()).require(FAST_START)
+        return await self._launch(spec, on_console, restore=state_dir, cmdline=cmdline,
+                                  base=(state_dir / "disk.img", RawDisks.format, spec.disk_size))
+
+    async def _launch(self, spec: MachineSpec, on_console, *, layer: Path | None = None,
+                      restore: Path | None = None, cmdline: str | None = None,
+                      base: tuple[Path, str, int] | None = None) -> HelperMachine:
         binary = find_helper()
         spec.check_files()
+        # Refused before a helper runs: a checkpoint in another backend's format.
+        self.disks.check_base(*(base or (spec.rootfs, spec.rootfs_format))[:2])
         # The VM's disk grows with what the guest writes: it goes under the data dir.
         rundir = RunDir.create(disk_root=disk_root(self.data_dir) if self.driver == "vz" else None)
         machine = HelperMachine(binary, rundir, on_console)
         try:
             await machine.launch(self.driver)
-            await machine.boot(spec)
+            await machine.boot(spec, base=base, layer=layer, restore=restore, cmdline=cmdline)
+            _probed[self._key(binary)] = machine.driver
         except SandboxDiedError as e:
             await machine.stop()
             raise BootError(f"the VM did not start: {e}", console_tail=machine.console_tail()) from e

@@ -30,6 +30,7 @@ from .qmp import QMP
 from ..rundir import RunDir, die_with_parent, disk_root
 from ...sanitize import neutralise
 from ..base import Capabilities, MachineSpec
+from .disks import Qcow2Disks
 
 AGENT_PORT = "org.shuru.agent"
 # Measured under TCG (see QEMU-NOTES): each of these shaves boot time; tsc_early_khz is what
@@ -145,30 +146,6 @@ def qemu_version(qemu: str) -> str:
         raise HostError(f"cannot run {qemu} --version: {e}") from None
 
 
-def find_qemu_img() -> str:
-    path = shutil.which("qemu-img")
-    if not path:
-        raise HostError("qemu-img is not installed", hint="install it with: apt-get install qemu-utils")
-    return path
-
-
-async def create_overlay(base: Path, overlay: Path, size_mb: int, *, base_format: str = "raw",
-                         base_size_mb: int = 0) -> None:
-    base_size = max(base.stat().st_size if base_format == "raw" else 0,
-                    base_size_mb * 1024 * 1024)
-    if size_mb * 1024 * 1024 < base_size:
-        raise BootError(f"disk_size {size_mb} MiB is smaller than the disk it starts from "
-                        f"({-(-base_size // (1024 * 1024))} MiB)")
-    proc = await asyncio.create_subprocess_exec(
-        find_qemu_img(), "create", "-q", "-f", "qcow2", "-F", base_format, "-b", str(base),
-        str(overlay), f"{size_mb}M",
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    _, err = await proc.communicate()
-    if proc.returncode != 0:
-        raise HostError(f"qemu-img could not create {overlay}: {err.decode(errors='replace').strip()}")
-
-
 class _Listener:
     """A Unix socket that QEMU connects to once; `accepted` resolves to (reader, writer)."""
 
@@ -212,25 +189,44 @@ class ConsoleBuffer:
 
 
 class QemuMachine:
+    """`Machine` for QEMU (see backends/base.py for the contract)."""
+
     def __init__(self, rundir: RunDir, proc: asyncio.subprocess.Process, qmp: QMP,
                  agent, console_reader: asyncio.StreamReader, accel: accel_mod.Accel,
                  on_console: Callable[[bytes], None] | None, listeners: list[_Listener],
-                 *, disk: Path, backing: tuple[Path, str], cmdline: str):
+                 *, disk: Path, backing: tuple[Path, str], cmdline: str,
+                 capabilities: Capabilities):
         self.rundir = rundir
-        self.disk = disk  # the VM's own overlay (in the run's disk dir unless a template's)
+        self.layer = disk  # the VM's own overlay (in the run's disk dir unless a template's)
         self.backing = backing  # (path, format) the overlay stands on
         self.cmdline = cmdline
-        self.restored_from: Path | None = None  # the state file, for a restored clone
+        self.capabilities = capabilities
+        self.restored_from: Path | None = None  # the state dir, for a restored clone
         self.proc = proc
         self.qmp = qmp
         self.agent = agent
-        self.accel = accel
+        self.accel_info = accel
         self._listeners = listeners
         self._console = ConsoleBuffer()  # the console's last bytes, for error messages
         self._on_console = on_console
         self._console_task = asyncio.create_task(self._pump_console(console_reader))
         self.exited = asyncio.ensure_future(proc.wait())
         self._stopped = False
+
+    @property
+    def accel(self) -> str:
+        """"kvm" or "tcg"."""
+        return self.accel_info.name
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid
+
+    async def pause(self) -> None:
+        await self.qmp.execute("stop")
+
+    async def resume(self) -> None:
+        await self.qmp.execute("cont")
 
     async def _pump_console(self, reader: asyncio.StreamReader) -> None:
         with contextlib.suppress(OSError, asyncio.CancelledError):
@@ -284,10 +280,11 @@ class QemuMachine:
             detail = info.get("error-desc", status) if isinstance(info, dict) else status
             raise BootError(f"{what} failed: {detail}; {self.qemu_errors() or 'no output'}")
 
-    async def save_state(self, state: Path) -> None:
-        """Pause the VM for good and write its device state to `state`; the RAM stays in
-        the shared RAM file. The VM must never run again (its RAM file is now the saved
-        memory), so QEMU is ended right after."""
+    async def save_state(self, workdir: Path) -> None:
+        """Pause the VM for good and write its device state to `workdir`/state.bin; the RAM
+        stays in the shared RAM file and the disk in the overlay there. The VM must never run
+        again (its RAM file is now the saved memory), so QEMU is ended right after."""
+        state = workdir / "state.bin"
         await self.qmp.execute("stop")
         uri = f"exec:cat > {shlex.quote(str(state))}"
         await self._migrate(lambda: self.qmp.execute("migrate", {"uri": uri}),
@@ -323,11 +320,18 @@ class QemuMachine:
 
 
 class QemuBackend:
-    capabilities = Capabilities(name="qemu", snapshot_memory=True, channel="virtio-serial",
-                                fast_start=True)
+    """`Backend` for QEMU: every capability, qcow2 layers."""
+
+    name = "qemu"
+    disks = Qcow2Disks()
+    state_files = ("disk.qcow2", "ram", "state.bin")
+    capabilities = Capabilities(backend="qemu", checkpoint=True, fast_start=True, pause=True)
 
     def __init__(self, data_dir: Path):
         self.data_dir = data_dir
+
+    async def probe(self) -> Capabilities:
+        return self.capabilities
 
     def machine_identity(self, spec: MachineSpec) -> dict:
         """What a saved machine state depends on besides the disk layer and the spec's
@@ -360,18 +364,18 @@ class QemuBackend:
                                   overlay=workdir / "disk.qcow2",
                                   ram=RamFile(workdir / "ram", shared=True))
 
-    async def restore(self, spec: MachineSpec, *, disk: Path, ram: Path, state: Path,
-                      cmdline: str,
+    async def restore(self, spec: MachineSpec, state_dir: Path, *, cmdline: str,
                       on_console: Callable[[bytes], None] | None = None) -> QemuMachine:
         """Start a clone of a saved template: its own overlay over the template's disk,
-        the template's RAM file mapped privately, the device state loaded from `state`.
+        the template's RAM file mapped privately, the device state loaded from state.bin.
         Returns a running VM whose agent waits for `resume`."""
         machine = await self._launch(spec, on_console, cmdline=cmdline,
-                                     base=(disk, "qcow2", spec.disk_size),
-                                     ram=RamFile(ram, shared=False), incoming=True)
+                                     base=(state_dir / "disk.qcow2", "qcow2", spec.disk_size),
+                                     ram=RamFile(state_dir / "ram", shared=False),
+                                     incoming=True)
         try:
-            await machine.load_state(state)
-            machine.restored_from = state
+            await machine.load_state(state_dir / "state.bin")
+            machine.restored_from = state_dir
         except BaseException:
             await machine.stop()
             raise
@@ -385,6 +389,7 @@ class QemuBackend:
         accel = self._accel(spec)
         base_path, base_format, base_size_mb = base or (spec.rootfs, spec.rootfs_format,
                                                        spec.rootfs_size_mb)
+        self.disks.check_base(base_path, base_format)
         # The overlay grows with what the guest writes, so it goes on disk, not in the
         # runtime dir (usually a tmpfs: RAM). A template's overlay is given (its state dir).
         rundir = RunDir.create(disk_root=None if overlay else disk_root(self.data_dir))
@@ -392,8 +397,8 @@ class QemuBackend:
         proc = None
         try:
             paths = RunPaths.inside(rundir.path, overlay or rundir.disk_dir / "disk.qcow2")
-            await create_overlay(base_path, paths.overlay, spec.disk_size,
-                                 base_format=base_format, base_size_mb=base_size_mb)
+            await self.disks.create_layer(base_path, base_format, paths.overlay,
+                                          size_mb=spec.disk_size, base_size_mb=base_size_mb)
             listeners = [_Listener() for _ in range(3)]
             for listener, path in zip(listeners, (paths.agent_sock, paths.qmp_sock,
                                                   paths.console_sock)):
@@ -420,7 +425,7 @@ class QemuBackend:
             await qmp.start()
             return QemuMachine(rundir, proc, qmp, agent, con_r, accel, on_console, listeners,
                                disk=paths.overlay, backing=(base_path, base_format),
-                               cmdline=cmdline)
+                               cmdline=cmdline, capabilities=self.capabilities)
         except BaseException:
             if proc is not None and proc.returncode is None:
                 proc.kill()
