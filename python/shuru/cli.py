@@ -193,6 +193,9 @@ def run(
     rootfs: Optional[str] = typer.Option(None, "--rootfs", help="Root disk [env SHURU_ROOTFS]"),
     initrd: Optional[str] = typer.Option(None, "--initrd", help="Initramfs [env SHURU_INITRD]"),
     accel: Optional[str] = typer.Option(None, "--accel", help="auto, kvm or tcg [default: auto]"),
+    arch: Optional[str] = typer.Option(None, "--arch",
+                                       help="Guest architecture: amd64 or arm64 (emulated "
+                                            "on another host) [default: the host's]"),
     env: List[str] = typer.Option([], "-e", "--env", help="KEY=VALUE for the guest command"),
     workdir: Optional[str] = typer.Option(None, "--workdir", "-w", help="Working directory"),
     from_: Optional[str] = typer.Option(None, "--from", help="Start from this checkpoint"),
@@ -241,7 +244,7 @@ def run(
     env_pairs = cfg.parse_env_pairs(env) if env else None
     flags = cli_layer(cpus=cpus, memory=memory, disk_size=disk_size, console=console,
                       kernel=kernel, rootfs=rootfs, initrd=initrd, accel=accel,
-                      workdir=workdir, env=env_pairs, from_=from_, cold=cold,
+                      arch=arch, workdir=workdir, env=env_pairs, from_=from_, cold=cold,
                       command=list(command) if command else None)
     if allow_net is not None or allow_host or secret:
         flags.update(cli_layer(**network_flags(allow_net, allow_host, secret)))
@@ -412,15 +415,48 @@ def image_list(as_json: bool = typer.Option(False, "--json", help="Print JSON"))
     console.print(table)
 
 
+@image_app.command("export")
+@handle_errors
+def image_export(
+    file: str = typer.Argument(..., help="The tarball to write (.tar.gz)"),
+    arch: Optional[str] = typer.Option(None, "--arch",
+                                       help="Export the current image of this architecture "
+                                            "[default: the host's]"),
+):
+    """Write the current guest image to a tarball (manifest and files, each with its
+    sha256) to carry to another machine, e.g. an arm64 image built on Linux to a Mac."""
+    from .image import normalize_arch
+    from .image_transfer import export_image
+
+    image = export_image(Path(file), arch=normalize_arch(arch) if arch else None)
+    print(f"exported guest image {image.id} ({image.manifest.get('arch')}) to {file}")
+
+
+@image_app.command("import")
+@handle_errors
+def image_import(file: str = typer.Argument(..., help="A tarball written by `shuru image export`")):
+    """Install a guest image from a tarball made by `shuru image export`, checking every
+    file against the manifest's sha256s, and make it current for its architecture."""
+    from .image_transfer import import_image
+
+    image = import_image(Path(file))
+    print(f"guest image {image.id} ({image.manifest.get('arch')}) ready at {image.path}")
+
+
 @app.command()
 @handle_errors
-def init(force: bool = typer.Option(False, "--force", help="Rebuild even if the image is current")):
+def init(force: bool = typer.Option(False, "--force", help="Rebuild even if the image is current"),
+         arch: Optional[str] = typer.Option(
+             None, "--arch", help="Build for this architecture: amd64 (x86_64) or arm64 "
+                                  "(aarch64, for Apple silicon) [default: the host's]")):
     """Build the guest image (Debian rootfs, kernel, initramfs) into the data dir."""
     from .build import build_image
+    from .image import normalize_arch
     from .progress import RichProgress
 
+    arch = normalize_arch(arch) if arch else None
     with RichProgress() as progress:
-        image = build_image(force=force, progress=progress)
+        image = build_image(force=force, progress=progress, arch=arch)
     print(f"guest image {image.id} ready at {image.path}")
 
 

@@ -34,7 +34,7 @@ from .backends.select import default_backend
 from .channel import Channel
 from .errors import SandboxDiedError, SandboxStateError, ShuruError
 from .files import Files, Watch, start_watch
-from .image import current_image, shuru_home
+from .image import current_image, image_arch, normalize_arch, shuru_home
 from .process import DEFAULT_MAX_OUTPUT, ExecResult, Process, run_to_completion, start_stream
 
 
@@ -261,7 +261,7 @@ class AsyncSandbox:
         elif c.kernel and c.rootfs:
             kernel, rootfs, initrd = Path(c.kernel), Path(c.rootfs), c.initrd
         else:
-            self._image = current_image()
+            self._image = current_image(arch=normalize_arch(c.arch) if c.arch else None)
             kernel = Path(c.kernel) if c.kernel else self._image.kernel
             rootfs = Path(c.rootfs) if c.rootfs else self._image.rootfs
             initrd = c.initrd or self._image.initrd
@@ -272,7 +272,19 @@ class AsyncSandbox:
                            rootfs=rootfs, cpus=c.cpus, memory=c.memory,
                            disk_size=disk_size, accel=c.accel,
                            verbose_console=c.console, rootfs_format=fmt,
-                           rootfs_size_mb=base_mb)
+                           rootfs_size_mb=base_mb, arch=self._guest_arch())
+
+    def _guest_arch(self) -> str | None:
+        """The image decides the architecture (a checkpoint's too); `arch` must agree."""
+        want = normalize_arch(self.config.arch) if self.config.arch else None
+        if self._image is None:
+            return want
+        have = image_arch(self._image)
+        if want and want != have:
+            raise cfg.ConfigError([f"arch {want!r} does not match the {have} image the "
+                                   f"sandbox starts from ({self.config.from_ or self._image.id});"
+                                   f" leave arch unset: a checkpoint runs on its own image"])
+        return have
 
     async def _boot(self) -> None:
         self._require(State.CREATED)

@@ -35,6 +35,7 @@ class MachineSpec:
     verbose_console: bool = False  # keep kernel messages (for --console)
     rootfs_format: str = "raw"  # "qcow2" when the base is a checkpoint's disk
     rootfs_size_mb: int = 0  # the base's virtual size, when it is not the file's size
+    arch: str | None = None  # the guest's Debian architecture (amd64, arm64); None: the host's
 
     def check_files(self) -> None:
         """Fail before starting anything when a boot file is missing, naming it."""
