@@ -41,6 +41,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator, Mapping, Protocol
@@ -49,7 +50,7 @@ from . import cpio, snapshots
 from .errors import HostError, ImageError, ShuruError
 from .image import (AGENT_INIT, FILES, FORMAT, Image, agent_files, current_image,
                     current_images, current_link_name, fingerprint, host_arch, image_id,
-                    images_dir, is_current, load, recipe_files, recipe_fingerprint,
+                    images_dir, is_current, load, recipe_files, shuru_home,
                     sha256_file, verify)
 
 SUITE = "trixie"
@@ -333,6 +334,110 @@ def check_foreign(arch: str) -> None:
     problem = foreign_arch_problem(arch, host_arch(), text, bool(shutil.which("arch-test")))
     if problem:
         raise HostError(problem)
+
+
+# ---- building without root (pure decision, then the user namespace) -------------------------
+
+
+def subid_range(text: str, user: str, uid: int) -> tuple[int, int] | None:
+    """The first (start, count) range /etc/subuid (or subgid) text gives `user` (by name or
+    uid), as newuidmap reads it; None if it gives none."""
+    for line in text.splitlines():
+        fields = line.strip().split(":")
+        if len(fields) == 3 and fields[0] in (user, str(uid)):
+            with contextlib.suppress(ValueError):
+                start, count = int(fields[1]), int(fields[2])
+                if count > 0:
+                    return start, count
+    return None
+
+
+# A root filesystem needs ids up to 65534 (nobody) mapped besides root.
+SUBIDS_NEEDED = 65535
+
+
+def rootless_problem(*, user: str, uid: int, userns_clone: str | None,
+                     max_user_namespaces: str | None, apparmor_restrict: str | None,
+                     have_newuidmap: bool, have_unshare: bool, subuid_text: str,
+                     subgid_text: str) -> str | None:
+    """Why `shuru init` cannot build as this non-root user in a user namespace (None if it
+    can), naming exactly what to run. The build then runs as root of a user namespace that
+    maps this user to root and its subordinate ids to 1..65535, where mmdebstrap, chroot and
+    mke2fs see the ids the image must hold."""
+    if userns_clone is not None and userns_clone.strip() == "0":
+        return ("unprivileged user namespaces are disabled; run: "
+                "sudo sysctl -w kernel.unprivileged_userns_clone=1")
+    if max_user_namespaces is not None and max_user_namespaces.strip() == "0":
+        return "user namespaces are disabled; run: sudo sysctl -w user.max_user_namespaces=15000"
+    if apparmor_restrict is not None and apparmor_restrict.strip() == "1":
+        return ("AppArmor restricts unprivileged user namespaces; run: "
+                "sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0")
+    if not have_newuidmap:
+        return "newuidmap and newgidmap are missing; run: sudo apt-get install uidmap"
+    if not have_unshare:
+        return "unshare is missing; run: sudo apt-get install util-linux"
+    for kind, text in (("subuid", subuid_text), ("subgid", subgid_text)):
+        found = subid_range(text, user, uid)
+        if found is None or found[1] < SUBIDS_NEEDED:
+            return (f"/etc/{kind} gives {user} no range of {SUBIDS_NEEDED}+ ids; run: sudo "
+                    f"usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {user}")
+    return None
+
+
+def unshare_argv(uids: tuple[int, int], gids: tuple[int, int], inner: list[str]) -> list[str]:
+    """Run `inner` as root of a new user namespace (this user as root, its subordinate ids as
+    1..count), with its own mount and pid namespaces so nothing mounted outlives it."""
+    return ["unshare", "--map-root-user",
+            f"--map-users={uids[0]},1,{min(uids[1], SUBIDS_NEEDED)}",
+            f"--map-groups={gids[0]},1,{min(gids[1], SUBIDS_NEEDED)}",
+            "--mount", "--pid", "--fork", "--kill-child", "--", *inner]
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return None
+
+
+def _host_userns_facts() -> dict:
+    import pwd
+
+    uid = os.getuid()
+    return dict(user=pwd.getpwuid(uid).pw_name, uid=uid,
+                userns_clone=_read("/proc/sys/kernel/unprivileged_userns_clone"),
+                max_user_namespaces=_read("/proc/sys/user/max_user_namespaces"),
+                apparmor_restrict=_read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns"),
+                have_newuidmap=bool(shutil.which("newuidmap") and shutil.which("newgidmap")),
+                have_unshare=bool(shutil.which("unshare")),
+                subuid_text=_read("/etc/subuid") or "", subgid_text=_read("/etc/subgid") or "")
+
+
+def _build_rootless(home: Path | None, *, force: bool, mirror: str | None,
+                    arch: str) -> Image:
+    """Run `shuru init` again as root of a user namespace; it prints its own progress."""
+    facts = _host_userns_facts()
+    problem = rootless_problem(**facts)
+    if problem:
+        raise HostError(f"building the guest image needs root, or user namespaces for "
+                        f"{facts['user']}: {problem}",
+                        hint="or run `sudo shuru init` (with SHURU_HOME set to share the image)")
+    uids = subid_range(facts["subuid_text"], facts["user"], facts["uid"])
+    gids = subid_range(facts["subgid_text"], facts["user"], facts["uid"])
+    inner = [sys.executable, "-m", "shuru.cli", "init", "--arch", arch,
+             *(["--force"] if force else [])]
+    env = {**os.environ, "SHURU_HOME": str(home or shuru_home())}
+    if mirror:
+        env["SHURU_MIRROR"] = mirror
+    try:
+        proc = subprocess.run(unshare_argv(uids, gids, inner), env=env,
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    except OSError as e:
+        raise HostError(f"cannot run unshare: {e.strerror}") from None
+    if proc.returncode != 0:
+        raise ImageError(f"building the guest image in a user namespace failed (exit status "
+                         f"{proc.returncode}; its error is above)")
+    return current_image(home, arch)
 
 
 def check_tools() -> None:
@@ -692,6 +797,8 @@ def build_image(home: Path | None = None, *, force: bool = False, mirror: str | 
     except OSError as e:
         raise HostError(f"cannot create {images}: {e.strerror}",
                         hint="set SHURU_HOME to a writable directory") from None
+    if os.geteuid() != 0:
+        return _build_rootless(home, force=force, mirror=mirror, arch=arch)
     with _build_lock(images, progress):
         # Whoever held the lock before us may just have built what we want.
         if not force and (image := _reusable(home, arch)):
