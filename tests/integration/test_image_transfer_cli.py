@@ -1,7 +1,7 @@
 """The real guest image through `shuru image export` and `shuru image import` into a fresh
 data dir (how an image built on Linux reaches a Mac), and `--arch` for an architecture
 with no image. Costs no VM boot: the always-on part of the arm64 work (the arm64 build and
-boot are `tests/integration/test_arm64.py`, run on demand)."""
+boot are `tests/arm64`, run on demand by `scripts/test-arm64`)."""
 
 from __future__ import annotations
 
