@@ -386,7 +386,7 @@ def image_list(as_json: bool = typer.Option(False, "--json", help="Print JSON"))
 
     from . import snapshots
     from .backends.qemu import find_qemu, qemu_version
-    from .image import image_status
+    from .image import current_images, image_status
 
     try:
         qemu = qemu_version(find_qemu())
@@ -406,6 +406,9 @@ def image_list(as_json: bool = typer.Option(False, "--json", help="Print JSON"))
                       f"kernel {status.get('kernel_version')}) at {status['path']}")
     else:
         console.print(f"current image: none usable ({status.get('error')})")
+    for link, path in current_images().items():
+        if link != "current":  # another architecture's image (`shuru init --arch`)
+            console.print(f"{link}: {path.name} at {path}")
     table = Table("layer", "name", "cpus", "memory", "disk", "accel", "size", "created", "status",
                   title="saved machine states (later starts restore these instead of booting)")
     for r in rows:
