@@ -34,7 +34,7 @@ async def sb(arm64_image):
     await sandbox.stop()
 
 
-def test_the_image_is_arm64_with_a_raw_kernel(arm64_image):
+async def test_the_image_is_arm64_with_a_raw_kernel(arm64_image):
     m = arm64_image.manifest
     assert m["arch"] == "arm64" and m["kernel_package"].endswith("-arm64")
     # an uncompressed arm64 `Image`: "ARM\x64" at offset 56 (VZ boots nothing else)
