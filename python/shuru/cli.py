@@ -299,6 +299,8 @@ def checkpoint_create(
         None, "--disk-size", help="Root disk size in MiB [default: 4096]; sandboxes started "
                                   "from the checkpoint get at least this much"),
     force: bool = typer.Option(False, "--force", help="Replace a checkpoint of that name"),
+    arch: Optional[str] = typer.Option(None, "--arch", help="Guest architecture: amd64 or "
+                                                            "arm64 [default: the host's]"),
     config: Optional[str] = typer.Option(None, "--config", help="Config file"),
     env: List[str] = typer.Option([], "-e", "--env", help="KEY=VALUE for the command"),
     allow_net: Optional[bool] = typer.Option(None, "--allow-net", help="Network for the command"),
@@ -316,7 +318,7 @@ def checkpoint_create(
                                           hint="pass --force to replace it")
     if from_:
         checkpoints.load(from_)  # fail before booting if it is missing or damaged
-    flags = cli_layer(from_=from_, cpus=cpus, memory=memory, disk_size=disk_size,
+    flags = cli_layer(from_=from_, cpus=cpus, memory=memory, disk_size=disk_size, arch=arch,
                       env=cfg.parse_env_pairs(env) if env else None)
     if allow_net is not None or allow_host or secret:
         flags.update(cli_layer(**network_flags(allow_net, allow_host, secret)))
