@@ -25,6 +25,8 @@ from .errors import ConfigError as ConfigError  # re-exported: callers write cfg
 
 CONFIG_NAMES = ("shuru.json", "shuru.yaml", "shuru.yml")
 ACCELS = ("auto", "kvm", "tcg")
+# Guest architectures (Debian's names and uname's); None: the host's. See shuru.image.
+GUEST_ARCHES = ("amd64", "arm64", "x86_64", "aarch64")
 PATH_FIELDS = ("kernel", "rootfs", "initrd")
 
 
@@ -42,6 +44,7 @@ class SandboxConfig:
     rootfs: str | None = None
     initrd: str | None = None
     accel: str = "auto"
+    arch: str | None = None  # the guest's architecture; another than the host's is emulated
     console: bool = False
     from_: str | None = None  # a checkpoint to start from ("from" in config files)
     cold: bool = False  # boot even when a saved machine state could be restored
@@ -161,6 +164,7 @@ CHECKS = {
     "rootfs": _host_path,
     "initrd": _host_path,
     "accel": _choice(ACCELS),
+    "arch": _choice(GUEST_ARCHES),
     "console": _bool,
     "cold": _bool,
     "from_": lambda name, value: (None if isinstance(value, str) and value else

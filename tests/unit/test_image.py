@@ -413,7 +413,7 @@ def test_a_failed_build_keeps_current_and_cleans_up(tmp_path, monkeypatch, failu
     (stale_dir / "tree").mkdir(parents=True)
     monkeypatch.setattr(build, "check_tools", lambda: None)
 
-    def broken_build(work, mirror, progress):
+    def broken_build(work, mirror, progress, arch="amd64"):
         (work / "build.log").write_text("I: something\nE: it broke\n")
         raise failure
 
@@ -431,7 +431,7 @@ def test_a_finished_build_becomes_current_atomically(tmp_path, monkeypatch):
     (tmp_path / "images" / "last-failed-build.log").write_text("an earlier failure")
     monkeypatch.setattr(build, "check_tools", lambda: None)
 
-    def fake_build(work, mirror, progress):
+    def fake_build(work, mirror, progress, arch="amd64"):
         make_image(work / "h", {n: b"new " + n.encode() for n in FILES})
         out = next(p for p in (work / "h" / "images").iterdir() if not p.is_symlink())
         return out
@@ -454,7 +454,7 @@ def test_a_second_build_waits_for_the_first(tmp_path, monkeypatch):
     monkeypatch.setattr(build, "check_tools", lambda: None)
     built = []
 
-    def fake_build(work, mirror, progress):
+    def fake_build(work, mirror, progress, arch="amd64"):
         built.append(work)
         make_image(work / "h", {n: b"fresh " + n.encode() for n in FILES})
         return next(p for p in (work / "h" / "images").iterdir() if not p.is_symlink())

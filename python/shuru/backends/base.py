@@ -72,6 +72,7 @@ class MachineSpec:
     verbose_console: bool = False  # keep kernel messages (for --console)
     rootfs_format: str = "raw"  # the base's format: a checkpoint's disk is the backend's own
     rootfs_size_mb: int = 0  # the base's virtual size, when it is not the file's size
+    arch: str | None = None  # the guest's Debian architecture (amd64, arm64); None: the host's
 
     def check_files(self) -> None:
         """Fail before starting anything when a boot file is missing, naming it."""

@@ -193,6 +193,9 @@ def run(
     rootfs: Optional[str] = typer.Option(None, "--rootfs", help="Root disk [env SHURU_ROOTFS]"),
     initrd: Optional[str] = typer.Option(None, "--initrd", help="Initramfs [env SHURU_INITRD]"),
     accel: Optional[str] = typer.Option(None, "--accel", help="auto, kvm or tcg [default: auto]"),
+    arch: Optional[str] = typer.Option(None, "--arch",
+                                       help="Guest architecture: amd64 or arm64 (emulated "
+                                            "on another host) [default: the host's]"),
     env: List[str] = typer.Option([], "-e", "--env", help="KEY=VALUE for the guest command"),
     workdir: Optional[str] = typer.Option(None, "--workdir", "-w", help="Working directory"),
     from_: Optional[str] = typer.Option(None, "--from", help="Start from this checkpoint"),
@@ -241,7 +244,7 @@ def run(
     env_pairs = cfg.parse_env_pairs(env) if env else None
     flags = cli_layer(cpus=cpus, memory=memory, disk_size=disk_size, console=console,
                       kernel=kernel, rootfs=rootfs, initrd=initrd, accel=accel,
-                      workdir=workdir, env=env_pairs, from_=from_, cold=cold,
+                      arch=arch, workdir=workdir, env=env_pairs, from_=from_, cold=cold,
                       command=list(command) if command else None)
     if allow_net is not None or allow_host or secret:
         flags.update(cli_layer(**network_flags(allow_net, allow_host, secret)))
@@ -296,6 +299,8 @@ def checkpoint_create(
         None, "--disk-size", help="Root disk size in MiB [default: 4096]; sandboxes started "
                                   "from the checkpoint get at least this much"),
     force: bool = typer.Option(False, "--force", help="Replace a checkpoint of that name"),
+    arch: Optional[str] = typer.Option(None, "--arch", help="Guest architecture: amd64 or "
+                                                            "arm64 [default: the host's]"),
     config: Optional[str] = typer.Option(None, "--config", help="Config file"),
     env: List[str] = typer.Option([], "-e", "--env", help="KEY=VALUE for the command"),
     allow_net: Optional[bool] = typer.Option(None, "--allow-net", help="Network for the command"),
@@ -314,7 +319,7 @@ def checkpoint_create(
                                           hint="pass --force to replace it")
     if from_:
         checkpoints.load(from_)  # fail before booting if it is missing or damaged
-    flags = cli_layer(from_=from_, cpus=cpus, memory=memory, disk_size=disk_size,
+    flags = cli_layer(from_=from_, cpus=cpus, memory=memory, disk_size=disk_size, arch=arch,
                       env=cfg.parse_env_pairs(env) if env else None)
     if allow_net is not None or allow_host or secret:
         flags.update(cli_layer(**network_flags(allow_net, allow_host, secret)))
@@ -384,7 +389,7 @@ def image_list(as_json: bool = typer.Option(False, "--json", help="Print JSON"))
 
     from ..launch import states
     from ..backends.qemu.machine import find_qemu, qemu_version
-    from ..image.store import image_status
+    from ..image.store import current_images, image_status
 
     try:
         qemu = qemu_version(find_qemu())
@@ -404,6 +409,9 @@ def image_list(as_json: bool = typer.Option(False, "--json", help="Print JSON"))
                       f"kernel {status.get('kernel_version')}) at {status['path']}")
     else:
         console.print(f"current image: none usable ({status.get('error')})")
+    for link, path in current_images().items():
+        if link != "current":  # another architecture's image (`shuru init --arch`)
+            console.print(f"{link}: {path.name} at {path}")
     table = Table("layer", "name", "cpus", "memory", "disk", "accel", "size", "created", "status",
                   title="saved machine states (later starts restore these instead of booting)")
     for r in rows:
@@ -413,15 +421,48 @@ def image_list(as_json: bool = typer.Option(False, "--json", help="Print JSON"))
     console.print(table)
 
 
+@image_app.command("export")
+@handle_errors
+def image_export(
+    file: str = typer.Argument(..., help="The tarball to write (.tar.gz)"),
+    arch: Optional[str] = typer.Option(None, "--arch",
+                                       help="Export the current image of this architecture "
+                                            "[default: the host's]"),
+):
+    """Write the current guest image to a tarball (manifest and files, each with its
+    sha256) to carry to another machine, e.g. an arm64 image built on Linux to a Mac."""
+    from ..image.store import normalize_arch
+    from ..image.transfer import export_image
+
+    image = export_image(Path(file), arch=normalize_arch(arch) if arch else None)
+    print(f"exported guest image {image.id} ({image.manifest.get('arch')}) to {file}")
+
+
+@image_app.command("import")
+@handle_errors
+def image_import(file: str = typer.Argument(..., help="A tarball written by `shuru image export`")):
+    """Install a guest image from a tarball made by `shuru image export`, checking every
+    file against the manifest's sha256s, and make it current for its architecture."""
+    from ..image.transfer import import_image
+
+    image = import_image(Path(file))
+    print(f"guest image {image.id} ({image.manifest.get('arch')}) ready at {image.path}")
+
+
 @app.command()
 @handle_errors
-def init(force: bool = typer.Option(False, "--force", help="Rebuild even if the image is current")):
+def init(force: bool = typer.Option(False, "--force", help="Rebuild even if the image is current"),
+         arch: Optional[str] = typer.Option(
+             None, "--arch", help="Build for this architecture: amd64 (x86_64) or arm64 "
+                                  "(aarch64, for Apple silicon) [default: the host's]")):
     """Build the guest image (Debian rootfs, kernel, initramfs) into the data dir."""
     from ..image.build import build_image
+    from ..image.store import normalize_arch
     from .progress import RichProgress
 
+    arch = normalize_arch(arch) if arch else None
     with RichProgress() as progress:
-        image = build_image(force=force, progress=progress)
+        image = build_image(force=force, progress=progress, arch=arch)
     print(f"guest image {image.id} ready at {image.path}")
 
 

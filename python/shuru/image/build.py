@@ -15,6 +15,12 @@ Steps, each reported to `progress(step, fraction)`:
 5. Make the ext4 root filesystem from the tree with `mke2fs -d` (no mounts, no loop devices).
 6. Hash the files, write the manifest, move the result into place, repoint `current`.
 
+For another architecture (`shuru init --arch arm64` on an x86 host: the image
+Virtualization.framework boots on Apple silicon), mmdebstrap installs the foreign packages
+and runs their maintainer scripts through qemu-user-static via binfmt_misc, the kernel is
+that architecture's cloud kernel, and an arm64 kernel is stored uncompressed (VZ boots only a
+raw `Image`). The image becomes `current-<arch>` (see `shuru.image`).
+
 All work happens in `images/.build-*`; only the final rename makes the image visible, so a
 failed or interrupted build leaves the previous image and `current` untouched. An flock on
 `images/.lock` serialises builds.
@@ -35,6 +41,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator, Mapping, Protocol
@@ -49,19 +56,24 @@ from .store import (
     Image,
     agent_files,
     current_image,
+    current_images,
+    current_link_name,
     fingerprint,
+    host_arch,
     image_id,
     images_dir,
     is_current,
     load,
     recipe_files,
     sha256_file,
+    shuru_home,
     verify,
 )
 
 SUITE = "trixie"
-ARCH = "amd64"
-KERNEL_META = f"linux-image-cloud-{ARCH}"
+ARCH = "amd64"  # the default; `build_image(arch=...)` builds for another
+# qemu-user's name for each foreign architecture (its binfmt_misc entry is qemu-<name>)
+QEMU_USER = {"arm64": "aarch64", "amd64": "x86_64"}
 # Every applet /init calls; the rest of busybox stays reachable as `busybox <applet>`.
 BUSYBOX_APPLETS = ("sh", "mount", "insmod", "sleep", "switch_root", "poweroff")
 AGENT_DIR = "usr/lib/shuru/shuru_guest"
@@ -239,10 +251,16 @@ def mounts_under(mountinfo_text: str, path: str) -> list[str]:
     return sorted(set(found), key=lambda p: p.count("/"), reverse=True)
 
 
+def kernel_meta(arch: str) -> str:
+    """The Debian meta package that points at the current cloud kernel for `arch`."""
+    return f"linux-image-cloud-{arch}"
+
+
 def mmdebstrap_argv(tree: Path, mirror: str, packages: list[str], hook: Path,
-                    debs: Path) -> list[str]:
+                    debs: Path, arch: str = ARCH) -> list[str]:
     return [
-        "mmdebstrap", "--variant=minbase", f"--include={','.join(packages)}",
+        "mmdebstrap", "--variant=minbase", f"--architectures={arch}",
+        f"--include={','.join(packages)}",
         # Documentation and translations are a quarter of minbase; keep the licences.
         "--dpkgopt=path-exclude=/usr/share/doc/*",
         "--dpkgopt=path-include=/usr/share/doc/*/copyright",
@@ -257,16 +275,50 @@ def mmdebstrap_argv(tree: Path, mirror: str, packages: list[str], hook: Path,
 
 # The customize hook: $1 is the new root. The download runs inside it, with the guest suite's
 # package lists, so the kernel is the one the suite's meta package points to today.
-DOWNLOAD_HOOK = f"""#!/bin/sh
+def download_hook(arch: str = ARCH) -> str:
+    meta = kernel_meta(arch)
+    return f"""#!/bin/sh
 set -eu
 chroot "$1" sh -eu -c '
-kernel=$(apt-cache depends {KERNEL_META} | sed -n "s/^ *Depends: \\(linux-image-[^ ]*\\).*/\\1/p" | head -n 1)
-[ -n "$kernel" ] || {{ echo "E: cannot resolve {KERNEL_META} to a kernel package" >&2; exit 1; }}
+kernel=$(apt-cache depends {meta} | sed -n "s/^ *Depends: \\(linux-image-[^ ]*\\).*/\\1/p" | head -n 1)
+[ -n "$kernel" ] || {{ echo "E: cannot resolve {meta} to a kernel package" >&2; exit 1; }}
 mkdir -p /tmp/shuru-debs
 cd /tmp/shuru-debs
 apt-get download -q "$kernel" busybox-static
 '
 """
+
+
+DOWNLOAD_HOOK = download_hook()
+
+
+def foreign_arch_problem(arch: str, host: str, binfmt_entry: str | None,
+                         have_arch_test: bool) -> str | None:
+    """Why this host cannot run `arch`'s programs for a build (None if it can, or `arch` is
+    its own). `binfmt_entry` is the text of /proc/sys/fs/binfmt_misc/qemu-<name>, None when
+    it does not exist. mmdebstrap runs the packages' maintainer scripts through it."""
+    if arch == host:
+        return None
+    name = QEMU_USER.get(arch, arch)
+    setup = (f"apt-get install qemu-user-static binfmt-support arch-test && "
+             f"update-binfmts --enable qemu-{name} (or: scripts/setup {arch})")
+    if binfmt_entry is None:
+        return (f"building an {arch} image on this {host} host needs qemu-user-static "
+                f"registered with binfmt_misc (no /proc/sys/fs/binfmt_misc/qemu-{name}); "
+                f"run: {setup}")
+    if not binfmt_entry.startswith("enabled"):
+        return (f"the binfmt_misc entry qemu-{name} is disabled; run: "
+                f"update-binfmts --enable qemu-{name}")
+    if not have_arch_test:
+        return (f"mmdebstrap needs arch-test to build for a foreign architecture; run: "
+                f"apt-get install arch-test")
+    return None
+
+
+def decompress_kernel(data: bytes) -> bytes:
+    """A gzip-compressed kernel (Debian's arm64 vmlinuz) as the raw `Image`: VZ's Linux boot
+    loader takes only an uncompressed arm64 kernel (QEMU takes both)."""
+    return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
 
 
 # ---- host configuration -----------------------------------------------------------------
@@ -287,6 +339,123 @@ def host_mirror(environ: Mapping[str, str] = os.environ, apt_dir: Path = Path("/
         raise ImageError(f"cannot find a Debian archive in the apt sources under {apt_dir}",
                          hint="set SHURU_MIRROR to the URL of a Debian mirror")
     return mirror
+
+
+def check_foreign(arch: str) -> None:
+    """Fail before building when the host cannot run `arch`'s programs."""
+    entry = Path("/proc/sys/fs/binfmt_misc") / f"qemu-{QEMU_USER.get(arch, arch)}"
+    try:
+        text = entry.read_text()
+    except OSError:
+        text = None
+    problem = foreign_arch_problem(arch, host_arch(), text, bool(shutil.which("arch-test")))
+    if problem:
+        raise HostError(problem)
+
+
+# ---- building without root (pure decision, then the user namespace) -------------------------
+
+
+def subid_range(text: str, user: str, uid: int) -> tuple[int, int] | None:
+    """The first (start, count) range /etc/subuid (or subgid) text gives `user` (by name or
+    uid), as newuidmap reads it; None if it gives none."""
+    for line in text.splitlines():
+        fields = line.strip().split(":")
+        if len(fields) == 3 and fields[0] in (user, str(uid)):
+            with contextlib.suppress(ValueError):
+                start, count = int(fields[1]), int(fields[2])
+                if count > 0:
+                    return start, count
+    return None
+
+
+# A root filesystem needs ids up to 65534 (nobody) mapped besides root.
+SUBIDS_NEEDED = 65535
+
+
+def rootless_problem(*, user: str, uid: int, userns_clone: str | None,
+                     max_user_namespaces: str | None, apparmor_restrict: str | None,
+                     have_newuidmap: bool, have_unshare: bool, subuid_text: str,
+                     subgid_text: str) -> str | None:
+    """Why `shuru init` cannot build as this non-root user in a user namespace (None if it
+    can), naming exactly what to run. The build then runs as root of a user namespace that
+    maps this user to root and its subordinate ids to 1..65535, where mmdebstrap, chroot and
+    mke2fs see the ids the image must hold."""
+    if userns_clone is not None and userns_clone.strip() == "0":
+        return ("unprivileged user namespaces are disabled; run: "
+                "sudo sysctl -w kernel.unprivileged_userns_clone=1")
+    if max_user_namespaces is not None and max_user_namespaces.strip() == "0":
+        return "user namespaces are disabled; run: sudo sysctl -w user.max_user_namespaces=15000"
+    if apparmor_restrict is not None and apparmor_restrict.strip() == "1":
+        return ("AppArmor restricts unprivileged user namespaces; run: "
+                "sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0")
+    if not have_newuidmap:
+        return "newuidmap and newgidmap are missing; run: sudo apt-get install uidmap"
+    if not have_unshare:
+        return "unshare is missing; run: sudo apt-get install util-linux"
+    for kind, text in (("subuid", subuid_text), ("subgid", subgid_text)):
+        found = subid_range(text, user, uid)
+        if found is None or found[1] < SUBIDS_NEEDED:
+            return (f"/etc/{kind} gives {user} no range of {SUBIDS_NEEDED}+ ids; run: sudo "
+                    f"usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {user}")
+    return None
+
+
+def unshare_argv(uids: tuple[int, int], gids: tuple[int, int], inner: list[str]) -> list[str]:
+    """Run `inner` as root of a new user namespace (this user as root, its subordinate ids as
+    1..count), with its own mount and pid namespaces so nothing mounted outlives it."""
+    return ["unshare", "--map-root-user",
+            f"--map-users={uids[0]},1,{min(uids[1], SUBIDS_NEEDED)}",
+            f"--map-groups={gids[0]},1,{min(gids[1], SUBIDS_NEEDED)}",
+            "--mount", "--pid", "--fork", "--kill-child", "--", *inner]
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return None
+
+
+def _host_userns_facts() -> dict:
+    import pwd
+
+    uid = os.getuid()
+    return dict(user=pwd.getpwuid(uid).pw_name, uid=uid,
+                userns_clone=_read("/proc/sys/kernel/unprivileged_userns_clone"),
+                max_user_namespaces=_read("/proc/sys/user/max_user_namespaces"),
+                apparmor_restrict=_read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns"),
+                have_newuidmap=bool(shutil.which("newuidmap") and shutil.which("newgidmap")),
+                have_unshare=bool(shutil.which("unshare")),
+                subuid_text=_read("/etc/subuid") or "", subgid_text=_read("/etc/subgid") or "")
+
+
+def _build_rootless(home: Path | None, *, force: bool, mirror: str | None,
+                    arch: str) -> Image:
+    """Run `shuru init` again as root of a user namespace; it prints its own progress."""
+    facts = _host_userns_facts()
+    problem = rootless_problem(**facts)
+    if problem:
+        raise HostError(f"building the guest image needs root, or user namespaces for "
+                        f"{facts['user']}: {problem}",
+                        hint="or run `sudo shuru init` (with SHURU_HOME set to share the image)")
+    uids = subid_range(facts["subuid_text"], facts["user"], facts["uid"])
+    gids = subid_range(facts["subgid_text"], facts["user"], facts["uid"])
+    assert uids and gids  # rootless_problem found none missing
+    inner = [sys.executable, "-m", "shuru.cli", "init", "--arch", arch,
+             *(["--force"] if force else [])]
+    env = {**os.environ, "SHURU_HOME": str(home or shuru_home())}
+    if mirror:
+        env["SHURU_MIRROR"] = mirror
+    try:
+        proc = subprocess.run(unshare_argv(uids, gids, inner), env=env,
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    except OSError as e:
+        raise HostError(f"cannot run unshare: {e.strerror}") from None
+    if proc.returncode != 0:
+        raise ImageError(f"building the guest image in a user namespace failed (exit status "
+                         f"{proc.returncode}; its error is above)")
+    return current_image(home, arch)
 
 
 def check_tools() -> None:
@@ -404,7 +573,8 @@ def _deb_fields(deb: Path) -> tuple[str, str]:
     return name, version.replace("%3a", ":")
 
 
-def _install_kernel(work: Path, tree: Path, debs: Path, out: Path, log: Path) -> tuple[str, Path]:
+def _install_kernel(work: Path, tree: Path, debs: Path, out: Path,
+                    log: Path) -> tuple[str, Path]:
     """Unpack the kernel package, keep vmlinuz, put its modules into the tree, run depmod.
     Returns the kernel version and the .deb."""
     deb = _one(debs, "linux-image-*.deb", "kernel package")
@@ -415,7 +585,8 @@ def _install_kernel(work: Path, tree: Path, debs: Path, out: Path, log: Path) ->
     if modroot is None:
         raise ImageError(f"{deb.name} has no lib/modules directory")
     version = _one(modroot, "*", "kernel module directory").name
-    shutil.copy2(_one(unpacked / "boot", f"vmlinuz-{version}", "vmlinuz"), out / "vmlinuz")
+    vmlinuz = _one(unpacked / "boot", f"vmlinuz-{version}", "vmlinuz")
+    (out / "vmlinuz").write_bytes(decompress_kernel(vmlinuz.read_bytes()))
     target = tree / "usr/lib/modules"  # trixie is /usr-merged: /lib -> usr/lib
     target.mkdir(parents=True, exist_ok=True)
     shutil.copytree(modroot / version, target / version, symlinks=True)
@@ -496,19 +667,19 @@ def _make_rootfs(tree: Path, out: Path, log: Path) -> int:
     return size_mb
 
 
-def _build(work: Path, mirror: str, progress: Progress) -> Path:
+def _build(work: Path, mirror: str, progress: Progress, arch: str = ARCH) -> Path:
     """Build in `work`; return the directory holding the finished image's files."""
     tree, debs, out = work / "tree", work / "debs", work / "out"
     debs.mkdir()
     out.mkdir()
     log = work / "build.log"
     hook = work / "download-hook.sh"
-    hook.write_text(DOWNLOAD_HOOK)
+    hook.write_text(download_hook(arch))
     hook.chmod(0o755)
     # Read once: what the manifest fingerprints is exactly what went in.
     recipe, agent = recipe_files(), agent_files()
     packages = recipe_lines(recipe["packages.txt"].decode())
-    _mmdebstrap(mmdebstrap_argv(tree, mirror, packages, hook, debs), log, progress)
+    _mmdebstrap(mmdebstrap_argv(tree, mirror, packages, hook, debs, arch), log, progress)
 
     step = "Installing the kernel and the agent"
     progress(step, 0.0)
@@ -534,7 +705,7 @@ def _build(work: Path, mirror: str, progress: Progress) -> Path:
         "format": FORMAT,
         "image_id": image_id(hashes),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "arch": ARCH,
+        "arch": arch,
         "debian_suite": SUITE,
         "kernel_version": kver,
         "kernel_package": kernel_package,
@@ -542,7 +713,8 @@ def _build(work: Path, mirror: str, progress: Progress) -> Path:
         "packages": versions,
         **initramfs_info,
         "agent_sha256": fingerprint(agent),
-        "recipe_sha256": fingerprint(recipe),
+        "recipe_sha256": (fingerprint(recipe) if arch == "amd64"
+                          else fingerprint({**recipe, "arch": arch.encode()})),
         "rootfs_size_mb": size_mb,
         "files": {name: {"sha256": hashes[name], "size": (out / name).stat().st_size}
                   for name in FILES},
@@ -575,19 +747,20 @@ def _build_lock(images: Path, progress: Progress):
         os.close(fd)
 
 
-def _set_current(images: Path, image_dir: Path) -> None:
-    """Point `current` at `image_dir` atomically: readers see the old or the new image."""
+def _set_current(images: Path, image_dir: Path, arch: str | None = None) -> None:
+    """Point `current` (or `current-<arch>`) at `image_dir` atomically: readers see the old
+    or the new image."""
     tmp = images / f".current-{os.getpid()}"
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
     os.symlink(image_dir.name, tmp)
-    os.replace(tmp, images / "current")
+    os.replace(tmp, images / current_link_name(arch))
 
 
-def _reusable(home: Path | None) -> Image | None:
+def _reusable(home: Path | None, arch: str | None = None) -> Image | None:
     """The current image if it is intact and built from this agent and recipe."""
     try:
-        image = current_image(home)
+        image = current_image(home, arch)
         verify(image)
         return image if is_current(image) else None
     except ImageError:
@@ -609,26 +782,32 @@ def _failure(error: BaseException, work: Path, images: Path) -> ShuruError:
     return error
 
 
-def _install(out: Path, images: Path) -> Path:
-    """Move a finished image into place under its id and make it current."""
-    final = images / json.loads((out / "manifest.json").read_text())["image_id"]
+def install(out: Path, images: Path) -> Path:
+    """Move a finished image (built, or imported by `shuru.image_transfer`) into place under
+    its id and make it current for its architecture."""
+    manifest = json.loads((out / "manifest.json").read_text())
+    final = images / manifest["image_id"]
     if final.exists():  # the same content: keep the copy that may be in use
         remove_tree(out)
     else:
         os.rename(out, final)
-    _set_current(images, final)
-    states.drop_other_images(images, keep=final.name)
+    _set_current(images, final, manifest.get("arch") or ARCH)
+    # Every current image (one per architecture) keeps its saved states.
+    states.drop_other_images(images, keep=final.name,
+                                also_keep={p.name for p in current_images(images.parent).values()})
     with contextlib.suppress(FileNotFoundError):
         (images / FAILED_LOG).unlink()
     return final
 
 
 def build_image(home: Path | None = None, *, force: bool = False, mirror: str | None = None,
-                progress: Progress | None = None) -> Image:
-    """Build the guest image and make it current; return it. Without `force`, an intact
-    current image built from this installation's agent and recipe is returned at once."""
+                progress: Progress | None = None, arch: str | None = None) -> Image:
+    """Build the guest image for `arch` (default: the host's) and make it current; return
+    it. Without `force`, an intact current image built from this installation's agent and
+    recipe is returned at once."""
     progress = progress or _no_progress
-    if not force and (image := _reusable(home)):
+    arch = arch or host_arch()
+    if not force and (image := _reusable(home, arch)):
         return image
     images = images_dir(home)
     try:
@@ -636,17 +815,20 @@ def build_image(home: Path | None = None, *, force: bool = False, mirror: str | 
     except OSError as e:
         raise HostError(f"cannot create {images}: {e.strerror}",
                         hint="set SHURU_HOME to a writable directory") from None
+    if os.geteuid() != 0:
+        return _build_rootless(home, force=force, mirror=mirror, arch=arch)
     with _build_lock(images, progress):
         # Whoever held the lock before us may just have built what we want.
-        if not force and (image := _reusable(home)):
+        if not force and (image := _reusable(home, arch)):
             return image
         check_tools()
+        check_foreign(arch)
         mirror = mirror or host_mirror()
         for stale in images.glob(".build-*"):  # we hold the lock: nobody is building
             remove_tree(stale)
         work = Path(tempfile.mkdtemp(prefix=".build-", dir=images))
         try:
-            final = _install(_build(work, mirror, progress), images)
+            final = install(_build(work, mirror, progress, arch), images)
         except (ShuruError, OSError) as e:
             error = _failure(e, work, images)
             if error is e:

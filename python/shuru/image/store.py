@@ -4,6 +4,12 @@ Layout under the data dir (`$SHURU_HOME`, default `~/.local/share/shuru`):
 
     images/<image_id>/{vmlinuz, initrd.img, rootfs.img, manifest.json}
     images/current -> <image_id>        (a relative symlink, replaced atomically)
+    images/current-<arch> -> <image_id> (images for another architecture, e.g. arm64 on x86)
+
+`current` is the image for the host's own architecture, as it always was, so existing data
+dirs keep working; an image for a foreign architecture (built with `shuru init --arch arm64`
+to carry to a Mac, or booted here under emulation) has its own `current-<arch>`. Each
+manifest records its Debian architecture (`arch`).
 
 `image_id` is derived from the files' hashes, so an image directory never changes once it is
 written; sandboxes and checkpoints can refer to it by path. The manifest records versions and
@@ -33,6 +39,10 @@ FILES = ("vmlinuz", "initrd.img", "rootfs.img")
 RECIPE_FILES = ("packages.txt", "modules.txt", "init")
 AGENT_INIT = "shuru-init"  # the agent's PID 1 entry point, installed as /usr/sbin/shuru-init
 REBUILD = "rebuild it with `shuru init --force`"
+# Debian's names for the architectures shuru builds images for, and the other spellings
+# users (and `uname -m`) give them.
+ARCHES = ("amd64", "arm64")
+ARCH_ALIASES = {"x86_64": "amd64", "x86-64": "amd64", "aarch64": "arm64"}
 
 
 def shuru_home() -> Path:
@@ -46,6 +56,37 @@ def shuru_home() -> Path:
 
 def images_dir(home: Path | None = None) -> Path:
     return (home or shuru_home()) / "images"
+
+
+# ---- architectures (pure) -------------------------------------------------------------------
+
+
+def normalize_arch(name: str, *, flag: str = "--arch") -> str:
+    """Debian's name for an architecture (`aarch64` -> `arm64`); ImageError naming `flag`
+    for one shuru has no image recipe for."""
+    arch = ARCH_ALIASES.get(str(name).strip().lower(), str(name).strip().lower())
+    if arch not in ARCHES:
+        raise ImageError(f"{flag} {name!r}: unknown architecture; shuru builds images for "
+                         + ", ".join(ARCHES))
+    return arch
+
+
+def host_arch(machine: str | None = None) -> str:
+    """The host's architecture in Debian's naming (from `uname -m`)."""
+    machine = machine or os.uname().machine
+    return ARCH_ALIASES.get(machine, machine)
+
+
+def current_link_name(arch: str | None = None, host: str | None = None) -> str:
+    """The `images/` entry that names the current image for `arch`: `current` for the
+    host's own architecture (the layout before images had an arch), `current-<arch>` else."""
+    host = host or host_arch()
+    return "current" if (arch or host) == host else f"current-{arch}"
+
+
+def image_arch(image: "Image") -> str:
+    """An image's architecture; manifests have always recorded it (amd64 before arm64)."""
+    return str(image.manifest.get("arch") or "amd64")
 
 
 @dataclass(frozen=True)
@@ -133,8 +174,13 @@ def agent_fingerprint() -> str:
     return fingerprint(agent_files())
 
 
-def recipe_fingerprint() -> str:
-    return fingerprint(recipe_files())
+def recipe_fingerprint(arch: str = "amd64") -> str:
+    """The recipe's fingerprint for an image of `arch`; amd64's is the one it always was,
+    so existing images stay current."""
+    files = recipe_files()
+    if arch != "amd64":
+        files["arch"] = arch.encode()
+    return fingerprint(files)
 
 
 # ---- reading and checking -------------------------------------------------------------------
@@ -159,10 +205,17 @@ def load(path: Path) -> Image:
     return Image(str(manifest.get("image_id", path.name)), path, manifest)
 
 
-def current_image(home: Path | None = None) -> Image:
-    """The image `images/current` points to. Raises ImageError when there is none."""
-    link = images_dir(home) / "current"
+def current_image(home: Path | None = None, arch: str | None = None) -> Image:
+    """The current image for `arch` (default: the host's). Raises ImageError when there is
+    none."""
+    link = images_dir(home) / current_link_name(arch)
     if not link.is_symlink() and not link.exists():
+        if arch and arch != host_arch():
+            raise ImageError(f"no {arch} guest image installed ({link} does not exist), "
+                             f"which --arch {arch} (config field `arch`) needs",
+                             hint=f"run `shuru init --arch {arch}` to build one (needs root, "
+                                  f"mmdebstrap and qemu-user-static), or bring one built "
+                                  f"elsewhere with `shuru image import FILE`")
         raise ImageError(f"no guest image installed ({link} does not exist)",
                          hint="run `shuru init` to build one (needs root and mmdebstrap; "
                               "takes a few minutes)")
@@ -203,7 +256,7 @@ def stale_reason(image: Image) -> str | None:
     """Why this installation of shuru would build a different image, or None if it would not."""
     if image.manifest.get("agent_sha256") != agent_fingerprint():
         return "the guest agent changed since the image was built"
-    if image.manifest.get("recipe_sha256") != recipe_fingerprint():
+    if image.manifest.get("recipe_sha256") != recipe_fingerprint(image_arch(image)):
         return "the image recipe (packages, modules, initramfs) changed since it was built"
     return None
 
@@ -215,6 +268,16 @@ def is_current(image: Image) -> bool:
 def disk_usage(path: Path) -> int:
     """Bytes a directory really occupies (its image files are sparse)."""
     return sum(p.stat().st_blocks * 512 for p in path.iterdir() if p.is_file())
+
+
+def current_images(home: Path | None = None) -> dict[str, Path]:
+    """{link name: the image directory it points to} for every `current*` link that resolves."""
+    out = {}
+    images = images_dir(home)
+    for link in sorted(images.glob("current*")):
+        if link.is_symlink() and link.exists():
+            out[link.name] = link.resolve()
+    return out
 
 
 def image_status(home: Path | None = None) -> dict:
@@ -237,6 +300,7 @@ def image_status(home: Path | None = None) -> dict:
         **status,
         "ok": True,
         "created": m.get("created"),
+        "arch": image_arch(image),
         "debian_suite": m.get("debian_suite"),
         "kernel_version": m.get("kernel_version"),
         "rootfs_size_mb": m.get("rootfs_size_mb"),

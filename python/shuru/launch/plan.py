@@ -104,11 +104,29 @@ def plan(config: SandboxConfig, *, image: Image | None = None,
         assert image is not None  # needs() asked for one whenever kernel is not given
         kernel = image.kernel
     initrd = Path(c.initrd) if c.initrd else image.initrd if image is not None else None
+    arch = _guest_arch(c, image, checkpoint)
     spec = MachineSpec(kernel=kernel, initrd=initrd, rootfs=rootfs, cpus=c.cpus,
                        memory=c.memory, disk_size=disk_size, accel=c.accel,
                        verbose_console=c.console, rootfs_format=rootfs_format,
-                       rootfs_size_mb=base_mb)
+                       rootfs_size_mb=base_mb, arch=arch)
     return Plan(spec=spec, image=image, parent=checkpoint, layer=layer)
+
+
+def _guest_arch(config: SandboxConfig, image: Image | None,
+                checkpoint: Checkpoint | None) -> str | None:
+    """The image decides the architecture (a checkpoint's base image too); `arch` must agree.
+    None (the host's) with custom boot files and no `arch`."""
+    from ..image.store import image_arch, normalize_arch
+
+    want = normalize_arch(config.arch) if config.arch else None
+    if image is None:
+        return want
+    have = image_arch(image)
+    if want and want != have:
+        raise ConfigError([f"arch {want!r} does not match the {have} image the sandbox starts "
+                           f"from ({config.from_ or image.id}); leave arch unset: a checkpoint "
+                           "runs on its own image"])
+    return have
 
 
 def load(config: SandboxConfig) -> Plan:
@@ -126,5 +144,8 @@ def load(config: SandboxConfig) -> Plan:
         checkpoints.chain(cp)  # every layer below must be intact too
         return plan(config, image=checkpoints.base_image(cp), checkpoint=cp)
     if need == IMAGE:
-        return plan(config, image=current_image())
+        from ..image.store import normalize_arch
+
+        arch = normalize_arch(config.arch) if config.arch else None
+        return plan(config, image=current_image(arch=arch))
     return plan(config)

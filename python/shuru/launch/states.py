@@ -174,13 +174,15 @@ def discard(path: Path) -> None:
         shutil.rmtree(trash, ignore_errors=True)
 
 
-def drop_other_images(images_root: Path, keep: str) -> None:
-    """Discard the states of every image but `keep` (the new current one): only the
-    current image is started from directly, and each state holds ~100+ MiB. Checkpoints on
-    older images keep theirs (they live in the checkpoint's directory)."""
+def drop_other_images(images_root: Path, keep: str, also_keep: "set[str] | frozenset[str]" = frozenset()) -> None:
+    """Discard the states of every image but `keep` (the new current one) and `also_keep`
+    (the current images of other architectures): only current images are started from
+    directly, and each state holds ~100+ MiB. Checkpoints on older images keep theirs (they
+    live in the checkpoint's directory)."""
     for entry in images_root.iterdir():
         states = entry / "states"
-        if entry.name != keep and not entry.is_symlink() and states.is_dir():
+        if entry.name != keep and entry.name not in also_keep and not entry.is_symlink() \
+                and states.is_dir():
             discard(states)
 
 

@@ -75,12 +75,39 @@ def host_tsc_khz(cpuinfo: str) -> int | None:
     return None
 
 
-def kernel_cmdline(*, verbose: bool, tsc_khz: int | None) -> str:
-    parts = ["console=ttyS0", "root=/dev/vda", "rw", "rootfstype=ext4"]
+@dataclass(frozen=True)
+class Board:
+    """What differs between guest architectures on the QEMU command line."""
+
+    machine: str  # -M
+    console: str  # the kernel's name for the serial port QEMU's -serial drives
+    fast_flags: str  # kernel arguments that shave boot time on this board
+
+
+# x86: microvm (virtio-mmio, no PCI, no firmware). arm64: `virt` (the board Debian's arm64
+# kernel runs on under QEMU), with the same virtio-mmio devices (virt has 32 transports) and a
+# PL011 UART as ttyAMA0.
+BOARDS = {
+    "amd64": Board("microvm", "ttyS0", FAST_FLAGS),
+    "arm64": Board("virt", "ttyAMA0",
+                   "cryptomgr.notests rcupdate.rcu_expedited=1 mitigations=off panic=-1"),
+}
+
+
+def board(arch: str | None) -> Board:
+    """The board for a guest architecture (Debian's name; None: the host's)."""
+    from ...image.store import host_arch
+
+    return BOARDS[arch or host_arch()]
+
+
+def kernel_cmdline(*, verbose: bool, tsc_khz: int | None, arch: str | None = None) -> str:
+    b = board(arch)
+    parts = [f"console={b.console}", "root=/dev/vda", "rw", "rootfstype=ext4"]
     if not verbose:
         parts.append("quiet")
-    parts.append(FAST_FLAGS)
-    if tsc_khz:
+    parts.append(b.fast_flags)
+    if tsc_khz and b.machine == "microvm":
         parts.append(f"tsc_early_khz={tsc_khz}")
     return " ".join(parts)
 
@@ -90,7 +117,8 @@ def build_argv(qemu: str, spec: MachineSpec, accel: accel_mod.Accel, paths: RunP
                incoming: bool = False) -> list[str]:
     """The full QEMU command line for one sandbox (a template with `ram` shared, a clone
     with `ram` private and `incoming`)."""
-    machine = "microvm" if ram is None else "microvm,memory-backend=ram"
+    model = board(spec.arch).machine
+    machine = model if ram is None else f"{model},memory-backend=ram"
     argv = [
         qemu, "-name", name, "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
         "-M", machine, "-accel", accel.qemu_arg, "-cpu", accel.cpu,
@@ -122,12 +150,14 @@ def build_argv(qemu: str, spec: MachineSpec, accel: accel_mod.Accel, paths: RunP
 
 def find_qemu(arch: str | None = None) -> str:
     arch = arch or os.uname().machine
-    name = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64",
-            "arm64": "qemu-system-aarch64"}.get(arch, f"qemu-system-{arch}")
+    name = {"x86_64": "qemu-system-x86_64", "amd64": "qemu-system-x86_64",
+            "aarch64": "qemu-system-aarch64", "arm64": "qemu-system-aarch64"}.get(arch, f"qemu-system-{arch}")
     path = os.environ.get("SHURU_QEMU") or shutil.which(name)
     if not path:
         raise HostError(f"{name} is not installed",
-                        hint="install it with: apt-get install qemu-system-x86 qemu-utils")
+                        hint=f"install it with: apt-get install "
+                             f"{'qemu-system-arm' if 'aarch64' in name else 'qemu-system-x86'} "
+                             f"qemu-utils")
     return path
 
 
@@ -336,12 +366,16 @@ class QemuBackend:
     def machine_identity(self, spec: MachineSpec) -> dict:
         """What a saved machine state depends on besides the disk layer and the spec's
         sizes: this QEMU and the accelerator it runs on."""
-        qemu = find_qemu()
+        qemu = find_qemu(spec.arch)
         accel = self._accel(spec)
         return {"qemu": qemu_version(qemu), "accel": accel.name, "cpu": accel.cpu,
-                "accel_arg": accel.qemu_arg, "machine": "microvm"}
+                "accel_arg": accel.qemu_arg, "machine": board(spec.arch).machine}
 
     def _accel(self, spec: MachineSpec) -> accel_mod.Accel:
+        from ...image.store import host_arch
+
+        if spec.arch and spec.arch != host_arch():
+            return accel_mod.foreign(spec.arch, host_arch(), spec.accel)
         return accel_mod.choose(spec.accel, find_qemu(), self.data_dir / "cache" / "accel.json")
 
     def cmdline(self, spec: MachineSpec) -> str:
@@ -349,7 +383,7 @@ class QemuBackend:
         if self._accel(spec).name == "tcg":
             with contextlib.suppress(OSError):
                 tsc = host_tsc_khz(Path("/proc/cpuinfo").read_text())
-        return kernel_cmdline(verbose=spec.verbose_console, tsc_khz=tsc)
+        return kernel_cmdline(verbose=spec.verbose_console, tsc_khz=tsc, arch=spec.arch)
 
     async def start(self, spec: MachineSpec, *,
                     on_console: Callable[[bytes], None] | None = None) -> QemuMachine:
@@ -384,7 +418,7 @@ class QemuBackend:
     async def _launch(self, spec: MachineSpec, on_console, *, cmdline: str,
                       overlay: Path | None = None, base: tuple[Path, str, int] | None = None,
                       ram: RamFile | None = None, incoming: bool = False) -> QemuMachine:
-        qemu = find_qemu()
+        qemu = find_qemu(spec.arch)
         spec.check_files()
         accel = self._accel(spec)
         base_path, base_format, base_size_mb = base or (spec.rootfs, spec.rootfs_format,
