@@ -69,11 +69,30 @@ class Handler:
 class FileHandler(Handler):
     """A handler whose requests name guest paths: it refuses paths in a host folder mount
     (the loop serves that mount, so it must not wait on a file there) and answers a bad
-    request with an error naming the path, never by raising into the loop."""
+    request with an error naming the path, never by raising into the loop. Its streams are
+    kept in `streams`, each with a `close()`; `cancel` ends one and is answered."""
 
     def __init__(self, send, forget, mounts):
         super().__init__(send, forget)
         self.mounts = mounts  # mounts.Mounts, for `under`
+        self.streams: dict = {}
+
+    def owns(self, s: int) -> bool:
+        return s in self.streams
+
+    def message(self, t: str, s: int, msg: dict) -> None:
+        if t == "cancel":
+            self.end(s)
+            self.send("result", s, value=None)
+
+    def end(self, s: int) -> None:
+        stream = self.streams.pop(s, None)
+        if stream is not None:
+            stream.close()
+
+    def shutdown(self) -> None:
+        for s in list(self.streams):
+            self.end(s)
 
     def open(self, t: str, s: int, msg: dict) -> None:
         for field in ("path", "dest"):

@@ -74,28 +74,20 @@ class Reads(FileHandler):
 
     opens = ("read",)
 
-    def __init__(self, send, forget, mounts):
-        super().__init__(send, forget, mounts)
-        self.readers: dict[int, FileReader] = {}
-
     def start(self, t: str, s: int, msg: dict) -> None:
         limit = msg.get("limit")
         if limit is not None and limit < 0:
             raise fsops.RequestError("limit must not be negative")
-        self.readers[s] = FileReader(s, fsops.open_for_read(msg), limit)
-
-    def owns(self, s: int) -> bool:
-        return s in self.readers
+        self.streams[s] = FileReader(s, fsops.open_for_read(msg), limit)
 
     def message(self, t: str, s: int, msg: dict) -> None:
-        if t == "cancel":
-            self.end(s)
-            self.send("result", s, value=None)
-        elif t == "credit" and msg["fd"] == 1:
-            self.readers[s].credit[1] += max(0, msg["n"])
+        if t == "credit" and msg["fd"] == 1:
+            self.streams[s].credit[1] += max(0, msg["n"])
+        else:
+            super().message(t, s, msg)
 
     def deadline(self, backed_up: bool) -> float | None:
-        if not backed_up and any(r.credit[1] > 0 for r in self.readers.values()):
+        if not backed_up and any(r.credit[1] > 0 for r in self.streams.values()):
             return 0.0  # work now: the loop polls without sleeping
         return None
 
@@ -103,7 +95,7 @@ class Reads(FileHandler):
         """Send one chunk per reader that has credit."""
         if backed_up:
             return
-        for reader in list(self.readers.values()):
+        for reader in list(self.streams.values()):
             want = min(reader.credit[1], wire.CHUNK)
             if want <= 0:
                 continue
@@ -127,15 +119,6 @@ class Reads(FileHandler):
                 self.send("eof", reader.stream, fd=1)
                 self.send("result", reader.stream, value=reader.final())
 
-    def end(self, s: int) -> None:
-        reader = self.readers.pop(s, None)
-        if reader is not None:
-            reader.close()
-
-    def shutdown(self) -> None:
-        for s in list(self.readers):
-            self.end(s)
-
 
 class Listings(Reads):
     """`fs`: a list or walk is a reader stream; every other op is answered at once."""
@@ -145,7 +128,7 @@ class Listings(Reads):
     def start(self, t: str, s: int, msg: dict) -> None:
         if msg["op"] in fsops.LISTINGS:
             served = lambda path: self.mounts.under(path) is not None  # noqa: E731
-            self.readers[s] = ListingReader(s, fsops.open_listing(msg, served))
+            self.streams[s] = ListingReader(s, fsops.open_listing(msg, served))
             return
         op = fsops.OPS.get(msg["op"])
         if op is None:

@@ -13,7 +13,6 @@ class Watches(FileHandler):
 
     def __init__(self, send, forget, mounts):
         super().__init__(send, forget, mounts)
-        self.watchers: dict[int, object] = {}
         self.by_fd: dict[int, int] = {}  # inotify fd -> stream
 
     def start(self, t: str, s: int, msg: dict) -> None:
@@ -21,47 +20,35 @@ class Watches(FileHandler):
 
         path = fsops.check_path(msg["path"])
         watcher = Watcher(path, bool(msg.get("recursive", True)))
-        self.watchers[s] = watcher
+        self.streams[s] = watcher
         self.by_fd[watcher.fd] = s
         self.send("result", s, value=None)  # the watch is in place
-
-    def owns(self, s: int) -> bool:
-        return s in self.watchers
-
-    def message(self, t: str, s: int, msg: dict) -> None:
-        if t == "cancel":
-            self.end(s)
-            self.send("result", s, value=None)
 
     def interest(self, backed_up: bool) -> dict[int, int]:
         if backed_up:
             return {}
-        return {w.fd: READ for w in self.watchers.values()}
+        return {w.fd: READ for w in self.streams.values()}
 
     def service(self, fd: int, events: int) -> None:
         s = self.by_fd.get(fd)
         if s is None:
             return
-        for event in self.watchers[s].read_events():
+        for event in self.streams[s].read_events():
             self.send("event", s, **event)
 
     def tick(self, now: float, backed_up: bool) -> None:
         # The first half of a rename whose pair never came was a move out of the tree.
-        for s, watcher in list(self.watchers.items()):
+        for s, watcher in list(self.streams.items()):
             for event in watcher.expire(now):
                 self.send("event", s, **event)
 
     def deadline(self, backed_up: bool) -> float | None:
-        return min((d for w in self.watchers.values() if (d := w.deadline()) is not None),
+        return min((d for w in self.streams.values() if (d := w.deadline()) is not None),
                    default=None)
 
     def end(self, s: int) -> None:
-        watcher = self.watchers.pop(s, None)
+        watcher = self.streams.get(s)
         if watcher is not None:
             self.by_fd.pop(watcher.fd, None)
-            self.forget(watcher.fd)
-            watcher.close()
-
-    def shutdown(self) -> None:
-        for s in list(self.watchers):
-            self.end(s)
+            self.forget(watcher.fd)  # before Watcher.close closes it
+        super().end(s)

@@ -15,26 +15,19 @@ class FileWriter:
         self.fd = fd
         self.size = 0
 
+    def close(self) -> None:
+        close_quietly(self.fd)
+
 
 class Writes(FileHandler):
     opens = ("write",)
 
-    def __init__(self, send, forget, mounts):
-        super().__init__(send, forget, mounts)
-        self.writers: dict[int, FileWriter] = {}
-
     def start(self, t: str, s: int, msg: dict) -> None:
-        self.writers[s] = FileWriter(s, fsops.open_for_write(msg))
-
-    def owns(self, s: int) -> bool:
-        return s in self.writers
+        self.streams[s] = FileWriter(s, fsops.open_for_write(msg))
 
     def message(self, t: str, s: int, msg: dict) -> None:
-        if t == "cancel":
-            self.end(s)
-            self.send("result", s, value=None)
-        elif t == "data" and msg["fd"] == 0:
-            writer = self.writers[s]
+        if t == "data" and msg["fd"] == 0:
+            writer = self.streams[s]
             try:
                 _write_fully(writer.fd, msg["d"])
             except OSError as e:
@@ -44,18 +37,11 @@ class Writes(FileHandler):
             writer.size += len(msg["d"])
             self.send("credit", s, fd=0, n=len(msg["d"]))
         elif t == "eof" and msg["fd"] == 0:
-            size = self.writers[s].size
+            size = self.streams[s].size
             self.end(s)
             self.send("result", s, value={"size": size})
-
-    def end(self, s: int) -> None:
-        writer = self.writers.pop(s, None)
-        if writer is not None:
-            close_quietly(writer.fd)
-
-    def shutdown(self) -> None:
-        for s in list(self.writers):
-            self.end(s)
+        else:
+            super().message(t, s, msg)
 
 
 def _write_fully(fd: int, data: bytes) -> None:
