@@ -25,7 +25,7 @@ import socket
 import struct
 import sys
 
-from . import netsetup, wire
+from . import netsetup
 from .handler import Handler
 from .relay import Relay, reset_sock
 
