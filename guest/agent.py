@@ -281,9 +281,10 @@ class Agent:
         owners: dict[int, Handler] = {}
         backed_up = self.backed_up()
         for handler in self.pollers:
-            for fd, mask in handler.interest(backed_up).items():
-                want[fd] = mask
-                owners[fd] = handler
+            interest = handler.interest(backed_up)
+            if interest:
+                want.update(interest)
+                owners.update(dict.fromkeys(interest, handler))
         self.owners = owners
         for fd in [fd for fd in self.registered if fd not in want]:
             self.sel.unregister(fd)
@@ -316,9 +317,9 @@ class Agent:
                 self.greet()
             if self.shutdown_requested and not self.out:
                 return
-            now = time.monotonic()
+            now, backed_up = time.monotonic(), self.backed_up()
             for handler in self.tickers:
-                handler.tick(now, self.backed_up())
+                handler.tick(now, backed_up)
             self.update_registrations()
             for key, events in self.sel.select(self.timeout()):
                 if key.fd == self.fd:
