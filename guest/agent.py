@@ -305,11 +305,12 @@ class Agent:
             del self.registered[fd]
 
     def timeout(self) -> float | None:
-        backed_up = self.backed_up()
-        deadlines = [d for h in self.timers if (d := h.deadline(backed_up)) is not None]
-        if not deadlines:
-            return None
-        return max(0.0, min(deadlines) - time.monotonic())
+        backed_up, soonest = self.backed_up(), None
+        for handler in self.timers:
+            d = handler.deadline(backed_up)
+            if d is not None and (soonest is None or d < soonest):
+                soonest = d
+        return None if soonest is None else max(0.0, soonest - time.monotonic())
 
     def serve(self) -> None:
         while self.running:

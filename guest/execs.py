@@ -149,9 +149,12 @@ class Execs(Handler):
 
     def deadline(self, backed_up: bool) -> float | None:
         # An exited process whose output may still come: its grace period ends then.
-        return min((p.exited_at + EXIT_GRACE for p in self.procs.values()
-                    if p.status and p.out_fds and all(p.credit[f] > 0 for f in p.out_fds)),
-                   default=None)
+        soonest = None
+        for p in self.procs.values():
+            if p.status and p.out_fds and all(p.credit[f] > 0 for f in p.out_fds):
+                d = p.exited_at + EXIT_GRACE
+                soonest = d if soonest is None else min(soonest, d)
+        return soonest
 
     def shutdown(self) -> None:
         """End every stream and kill every process group this connection started."""

@@ -17,10 +17,15 @@ from __future__ import annotations
 import os
 import selectors
 import sys
+import types
+from collections.abc import Mapping
 
 from . import fsops
 
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
+# The interest of a handler with nothing open: shared, so an idle handler costs the loop's
+# round no allocation (read-only, so no handler can fill it by mistake).
+NOTHING: Mapping[int, int] = types.MappingProxyType({})
 
 
 class Handler:
@@ -44,9 +49,9 @@ class Handler:
     def message(self, t: str, s: int, msg: dict) -> None:
         """A host message for a stream this handler owns."""
 
-    def interest(self, backed_up: bool) -> dict[int, int]:
+    def interest(self, backed_up: bool) -> Mapping[int, int]:
         """{fd: selector events} to wait for now."""
-        return {}
+        return NOTHING
 
     def service(self, fd: int, events: int) -> None:
         """One of the fds from `interest` is ready."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from .handler import Handler
+from .handler import NOTHING, Handler
 
 
 class Mounts(Handler):
@@ -43,7 +43,7 @@ class Mounts(Handler):
 
     def interest(self, backed_up: bool) -> dict[int, int]:
         # Never paused: a mount's requests come from guest programs blocked on them.
-        return self.fuse.interest() if self.fuse is not None else {}
+        return self.fuse.interest() if self.fuse is not None else NOTHING
 
     def service(self, fd: int, events: int) -> None:
         self.fuse.service(fd, events)

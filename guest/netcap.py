@@ -24,9 +24,10 @@ import selectors
 import socket
 import struct
 import sys
+from collections.abc import Mapping
 
 from . import netsetup
-from .handler import Handler
+from .handler import NOTHING, Handler
 from .relay import Relay, reset_sock
 
 MAX_CONNS = 512  # captured TCP connections at once; more are reset at accept
@@ -116,7 +117,9 @@ class Capture(Handler):
 
     # ---- polling -----------------------------------------------------------------------
 
-    def interest(self, backed_up: bool) -> dict[int, int]:
+    def interest(self, backed_up: bool) -> Mapping[int, int]:
+        if self.listener is None and not self.conns and not self.clients:
+            return NOTHING  # off: no allocation in the loop's round
         want: dict[int, int] = {}
         if self.listener is not None:
             want[self.listener.fileno()] = _READ

@@ -21,7 +21,7 @@ import os
 import socket
 import sys
 
-from .handler import WRITE, Handler
+from .handler import NOTHING, WRITE, Handler
 from .relay import Relay
 
 MAX_CONNS = 512  # forwarded connections at once; more are refused with EMFILE
@@ -77,6 +77,8 @@ class Forwards(Handler):
     # ---- polling -----------------------------------------------------------------------
 
     def interest(self, backed_up: bool) -> dict[int, int]:
+        if not self.conns:
+            return NOTHING
         want: dict[int, int] = {}
         for conn in self.conns.values():
             if not conn.connected:

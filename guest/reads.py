@@ -87,13 +87,14 @@ class Reads(FileHandler):
             super().message(t, s, msg)
 
     def deadline(self, backed_up: bool) -> float | None:
-        if not backed_up and any(r.credit[1] > 0 for r in self.streams.values()):
+        if self.streams and not backed_up and any(
+                r.credit[1] > 0 for r in self.streams.values()):
             return 0.0  # work now: the loop polls without sleeping
         return None
 
     def tick(self, now: float, backed_up: bool) -> None:
         """Send one chunk per reader that has credit."""
-        if backed_up:
+        if backed_up or not self.streams:
             return
         for reader in list(self.streams.values()):
             want = min(reader.credit[1], wire.CHUNK)

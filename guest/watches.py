@@ -5,7 +5,7 @@ someone watches: it costs time on the boot path."""
 from __future__ import annotations
 
 from . import fsops
-from .handler import READ, FileHandler
+from .handler import NOTHING, READ, FileHandler
 
 
 class Watches(FileHandler):
@@ -25,8 +25,8 @@ class Watches(FileHandler):
         self.send("result", s, value=None)  # the watch is in place
 
     def interest(self, backed_up: bool) -> dict[int, int]:
-        if backed_up:
-            return {}
+        if backed_up or not self.streams:
+            return NOTHING
         return {w.fd: READ for w in self.streams.values()}
 
     def service(self, fd: int, events: int) -> None:
@@ -37,12 +37,16 @@ class Watches(FileHandler):
             self.send("event", s, **event)
 
     def tick(self, now: float, backed_up: bool) -> None:
+        if not self.streams:
+            return
         # The first half of a rename whose pair never came was a move out of the tree.
         for s, watcher in list(self.streams.items()):
             for event in watcher.expire(now):
                 self.send("event", s, **event)
 
     def deadline(self, backed_up: bool) -> float | None:
+        if not self.streams:
+            return None
         return min((d for w in self.streams.values() if (d := w.deadline()) is not None),
                    default=None)
 
