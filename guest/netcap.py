@@ -10,9 +10,8 @@ host: done or denied; from the guest: the program reset it). Each DNS query is o
 `dns {d}` out, `dns {d}` (the raw answer) back. The host decides everything; this side only
 moves bytes, so it holds no policy and no secrets.
 
-It runs inside the agent's single-threaded selectors loop: `interest` says which of its fds
-to poll, `service` handles one that is ready, `message` takes host frames for its streams.
-Every buffer is bounded by the protocol's credit or by a count, so a busy guest program
+It is one of the agent loop's handlers (`handler.Handler`); each captured connection is a
+`relay.Relay`, the same byte relay port forwarding uses. Every buffer is bounded by the protocol's credit or by a count, so a busy guest program
 cannot grow the agent (PID 1) without limit.
 """
 
@@ -20,33 +19,21 @@ from __future__ import annotations
 
 import collections
 import errno
+import os
 import selectors
 import socket
 import struct
 import sys
+from collections.abc import Mapping
 
-from . import netsetup, wire
+from . import netsetup
+from .handler import NOTHING, Handler
+from .relay import Relay, reset_sock
 
 MAX_CONNS = 512  # captured TCP connections at once; more are reset at accept
 MAX_DNS_PENDING = 256  # unanswered queries; the oldest is answered SERVFAIL beyond that
 SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
 _READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
-
-
-class Conn:
-    """One captured TCP connection and its stream."""
-
-    def __init__(self, stream: int, sock: socket.socket):
-        self.stream = stream
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.credit = wire.WINDOW  # bytes we may still send the host on fd 1
-        self.to_app = bytearray()  # from the host, not yet written to the program
-        self.unacked = 0  # written to the program, not yet granted back to the host
-        self.app_eof = False  # the program shut its sending side (eof sent)
-        self.host_eof = False  # the host has nothing more to send
-        self.shut_wr = False
-        self.closing = False  # the host ended the stream: close once to_app is written
 
 
 class DnsClient:
@@ -61,7 +48,12 @@ class DnsClient:
         self.eof = False
 
 
-class Capture:
+class Capture(Handler):
+    """Network capture as one of the agent's handlers: `net` turns it on; the streams it
+    opens are its own (even-numbered)."""
+
+    opens = ("net",)
+
     def __init__(self, send, forget):
         self.send = send  # the agent's send(t, s, **fields)
         self.forget = forget  # the agent's forget_fd: leave the selector before a close
@@ -69,14 +61,28 @@ class Capture:
         self.listener: socket.socket | None = None
         self.udp: socket.socket | None = None
         self.dns_listener: socket.socket | None = None
-        self.conns: dict[int, Conn] = {}
-        self.conn_by_fd: dict[int, Conn] = {}
+        self.conns: dict[int, Relay] = {}
+        self.conn_by_fd: dict[int, Relay] = {}
         self.clients: dict[int, DnsClient] = {}
         # stream -> (query, ("udp", addr) | ("tcp", DnsClient)), oldest first
         self.queries: collections.OrderedDict[int, tuple] = collections.OrderedDict()
         self.next_id = 2  # guest-opened streams are even
 
     # ---- lifecycle ---------------------------------------------------------------------
+
+    def open(self, t: str, s: int, msg: dict) -> None:
+        """Turn capture on; answered by `result` once it is in place."""
+        if os.getpid() != 1:
+            # As a host subprocess (contract tests) this would rewire the host's own network.
+            self.send("error", s, code="ENOTSUP",
+                      message="network capture runs only as the VM's PID 1")
+            return
+        try:
+            self.enable(msg.get("ca_bundle"))
+        except (netsetup.SetupError, OSError) as e:
+            self.send("error", s, code="ENET", message=f"cannot enable the network: {e}")
+            return
+        self.send("result", s, value=None)
 
     def enable(self, bundle_path: str | None) -> None:
         netsetup.enable(bundle_path)
@@ -96,7 +102,7 @@ class Capture:
         connection, drop every query, close the sockets and take the route down, so the VM
         is offline again until a host enables it."""
         for conn in list(self.conns.values()):
-            self._abort(conn)
+            conn.close(reset=True)
         for client in list(self.clients.values()):
             self._drop_client(client)
         self.queries.clear()
@@ -111,7 +117,9 @@ class Capture:
 
     # ---- polling -----------------------------------------------------------------------
 
-    def interest(self, backed_up: bool) -> dict[int, int]:
+    def interest(self, backed_up: bool) -> Mapping[int, int]:
+        if self.listener is None and not self.conns and not self.clients:
+            return NOTHING  # off: no allocation in the loop's round
         want: dict[int, int] = {}
         if self.listener is not None:
             want[self.listener.fileno()] = _READ
@@ -119,10 +127,7 @@ class Capture:
             if not backed_up:
                 want[self.udp.fileno()] = _READ
         for conn in self.conns.values():
-            mask = _WRITE if conn.to_app else 0
-            if not backed_up and conn.credit > 0 and not conn.app_eof:
-                mask |= _READ
-            if mask:
+            if mask := conn.mask(backed_up):
                 want[conn.fd] = mask
         for client in self.clients.values():
             mask = _WRITE if client.out else 0
@@ -141,7 +146,7 @@ class Capture:
             print("shuru-agent: network capture:", repr(e), file=sys.stderr, flush=True)
             conn = self.conn_by_fd.get(fd)
             if conn is not None:
-                self._reset_by_guest(conn)
+                conn.fail()
             return True
 
     def _service(self, fd: int, events: int) -> bool:
@@ -152,11 +157,7 @@ class Capture:
         elif self.dns_listener is not None and fd == self.dns_listener.fileno():
             self._accept_dns()
         elif fd in self.conn_by_fd:
-            conn = self.conn_by_fd[fd]
-            if events & _WRITE:
-                self._write_app(conn)
-            if events & _READ and conn.stream in self.conns:
-                self._read_app(conn)
+            self.conn_by_fd[fd].service(events)
         elif fd in self.clients:
             client = self.clients[fd]
             if events & _WRITE:
@@ -172,22 +173,7 @@ class Capture:
     def message(self, t: str, s: int, msg: dict) -> None:
         conn = self.conns.get(s)
         if conn is not None:
-            if t == "data" and msg["fd"] == 0:
-                if not conn.host_eof:
-                    conn.to_app += msg["d"]
-                    self._write_app(conn)
-            elif t == "eof" and msg["fd"] == 0:
-                conn.host_eof = True
-                self._write_app(conn)
-            elif t == "credit" and msg["fd"] == 1:
-                conn.credit += max(0, msg["n"])
-            elif t in ("close", "error"):
-                if conn.host_eof and conn.to_app:
-                    conn.closing = True  # an answer (e.g. shuru's 403) still to deliver
-                elif conn.host_eof:
-                    self._finish(conn)
-                else:
-                    self._abort(conn)
+            conn.message(t, msg)
             return
         query = self.queries.pop(s, None)
         if query is None:
@@ -213,7 +199,7 @@ class Capture:
                 sock.close()  # a direct connection to the listener, not a redirected one
                 continue
             if len(self.conns) >= MAX_CONNS:
-                _reset(sock)
+                reset_sock(sock)
                 continue
             try:
                 sock.setblocking(False)
@@ -221,79 +207,23 @@ class Capture:
             except OSError:
                 sock.close()  # reset before we got to it
                 continue
-            conn = Conn(self._new_stream(), sock)
+            conn = Relay(self._new_stream(), self.send, self._forget_fd, self._ended)
+            conn.attach(sock)
             self.conns[conn.stream] = conn
             self.conn_by_fd[conn.fd] = conn
             self.send("connect", conn.stream, ip=ip, port=port)
 
-    def _read_app(self, conn: Conn) -> None:
-        try:
-            data = conn.sock.recv(min(conn.credit, wire.CHUNK))
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self._reset_by_guest(conn)
-            return
-        if data:
-            conn.credit -= len(data)
-            self.send("data", conn.stream, fd=1, d=data)
-        else:
-            conn.app_eof = True
-            self.send("eof", conn.stream, fd=1)
+    def _forget_fd(self, fd: int) -> None:
+        self.conn_by_fd.pop(fd, None)
+        self.forget(fd)
 
-    def _write_app(self, conn: Conn) -> None:
-        if conn.to_app:
-            try:
-                n = conn.sock.send(conn.to_app)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                self._reset_by_guest(conn)
-                return
-            del conn.to_app[:n]
-            conn.unacked += n
-            # Batched like the host does: one credit per quarter window, never a stall,
-            # since the host still holds three quarters of its window.
-            if conn.unacked >= wire.WINDOW // 4:
-                self.send("credit", conn.stream, fd=0, n=conn.unacked)
-                conn.unacked = 0
-        if conn.to_app:
-            return
-        if conn.host_eof and not conn.shut_wr:
-            conn.shut_wr = True
-            try:
-                conn.sock.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
-        if conn.closing:
-            self._finish(conn)
+    def _ended(self, conn: Relay) -> None:
+        self.conns.pop(conn.stream, None)
 
-    def _close(self, sock: socket.socket, reset: bool = False) -> None:
+    def _close(self, sock: socket.socket) -> None:
         # Leave the selector first: the fd number may be reused by the next accept.
         self.forget(sock.fileno())
-        if reset:
-            _reset(sock)
-        else:
-            sock.close()
-
-    def _forget(self, conn: Conn) -> None:
-        self.conns.pop(conn.stream, None)
-        self.conn_by_fd.pop(conn.fd, None)
-
-    def _finish(self, conn: Conn) -> None:
-        """The host ended the stream after its eof: a normal close."""
-        self._forget(conn)
-        self._close(conn.sock)
-
-    def _abort(self, conn: Conn) -> None:
-        """Denied, failed upstream, or the host went away: the program sees a reset."""
-        self._forget(conn)
-        self._close(conn.sock, reset=True)
-
-    def _reset_by_guest(self, conn: Conn) -> None:
-        self._forget(conn)
-        self._close(conn.sock)
-        self.send("close", conn.stream)
+        sock.close()
 
     def _new_stream(self) -> int:
         stream = self.next_id
@@ -347,7 +277,7 @@ class Capture:
             except OSError:
                 return
             if len(self.clients) >= 64:
-                _reset(sock)
+                reset_sock(sock)
                 continue
             sock.setblocking(False)
             client = DnsClient(sock)
@@ -432,12 +362,3 @@ def _listen(kind: int, addr: tuple) -> socket.socket:
                                   f"{errno.errorcode.get(e.errno, e.strerror)}") from None
     sock.setblocking(False)
     return sock
-
-
-def _reset(sock: socket.socket) -> None:
-    """Close with a TCP reset (SO_LINGER 0): the program learns at once."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    except OSError:
-        pass
-    sock.close()

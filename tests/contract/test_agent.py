@@ -335,3 +335,50 @@ async def test_unread_watch_events_become_one_overflow(fake_guest):
     assert kinds[:MAX_QUEUED] == ["create"] * MAX_QUEUED and kinds[-1] == "result"
     assert "overflow" in kinds and set(kinds[:-1]) == {"create", "overflow"}
     assert kinds.count("create") < 3 * MAX_QUEUED
+
+
+async def test_a_stream_in_use_is_busy_for_every_kind_of_request():
+    """A stream is one thing at a time, whatever kind of request comes next on it: a
+    `tcp_connect` on a stream an exec holds is refused with EBUSY (it used to open a port
+    forward on the same stream, which then took the exec's stdin), and the exec goes on."""
+    import socket
+    import subprocess
+    import sys
+
+    server = socket.create_server(("127.0.0.1", 0))  # a port something listens on
+    host, guest = socket.socketpair()
+    proc = subprocess.Popen([sys.executable, "-m", "shuru_guest", "--fd", str(guest.fileno())],
+                            pass_fds=[guest.fileno()])
+    guest.close()
+    decoder = wire.FrameDecoder()
+    pending: list[dict] = []
+
+    def next_on(s: int) -> dict:
+        while True:
+            for i, msg in enumerate(pending):
+                if msg["s"] == s and msg["t"] != "credit":
+                    return pending.pop(i)
+            data = host.recv(65536)
+            assert data, "the agent closed the channel"
+            pending.extend(decoder.feed(data))
+
+    try:
+        host.settimeout(30)
+        assert next_on(0)["t"] == "hello"
+        host.sendall(wire.message("hello", version=wire.VERSION))
+        host.sendall(wire.message("exec", 1, argv=["cat"]))
+        assert next_on(1)["t"] == "started"
+        host.sendall(wire.message("tcp_connect", 1, port=server.getsockname()[1]))
+        refused = next_on(1)
+        assert (refused["t"], refused["code"]) == ("error", "EBUSY")
+        host.sendall(wire.message("data", 1, fd=0, d=b"still cat's\n"))
+        host.sendall(wire.message("eof", 1, fd=0))
+        out = b""
+        while (msg := next_on(1))["t"] != "exit":
+            if msg["t"] == "data":
+                out += msg["d"]
+        assert out == b"still cat's\n" and msg["code"] == 0
+    finally:
+        host.close()
+        server.close()
+        proc.wait(timeout=10)
