@@ -67,6 +67,12 @@ def ping(ping_id: int) -> Msg:
     return {"t": "ping", "id": ping_id}
 
 
+def pong(ping_id: int) -> Msg:
+    """The answer to `ping`: what a relay standing in for the agent (a detached sandbox's
+    supervisor) replies itself."""
+    return {"t": "pong", "id": ping_id}
+
+
 def shutdown() -> Msg:
     return {"t": "shutdown"}
 

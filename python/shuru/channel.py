@@ -460,7 +460,6 @@ class Channel:
         self.writer = writer
         self.streams: dict[int, Stream] = {}
         self._ids = itertools.count(1, 2)  # host-opened streams are odd
-        self._ping_ids = itertools.count(1)
         self.run = RunState("the sandbox's agent channel", gone="the sandbox is gone")
         self._reader_task: asyncio.Task | None = None
         self._write_lock = asyncio.Lock()
@@ -622,11 +621,6 @@ class Channel:
             await fut
         finally:
             self.run.forget(ack)
-
-    async def ping(self) -> None:
-        """Returns once the agent (or a detached sandbox's supervisor) answered: the channel
-        is alive and serving."""
-        await self._control(agent.ping(next(self._ping_ids)))
 
     async def shutdown(self) -> None:
         """Ask the agent to sync the disks and power off; returns once it acknowledged."""

@@ -10,6 +10,7 @@ import stat
 
 import pytest
 
+from tests.control import ping
 from shuru.errors import MountError
 from shuru.mounts import MountSpec, mount
 from shuru_guest import wire
@@ -75,7 +76,7 @@ async def test_a_guest_refusal_is_a_mount_error_naming_both_paths(pair, folder):
 async def test_the_agent_mounts_only_as_pid_1(agent, folder):
     with pytest.raises(MountError, match="only as the VM's PID 1"):
         await asyncio.wait_for(mount(agent.channel, MountSpec(str(folder), "/app")), TIMEOUT)
-    await asyncio.wait_for(agent.channel.ping(), TIMEOUT)  # and the channel goes on serving
+    await asyncio.wait_for(ping(agent.channel), TIMEOUT)  # and the channel goes on serving
 
 
 def test_wire_schema_knows_mount_messages():

@@ -11,6 +11,7 @@ import socket
 
 import pytest
 
+from tests.control import ping
 from shuru.errors import PortError, ProtocolError
 from shuru.ports import PortForwards, open_stream
 from shuru_guest import wire
@@ -118,7 +119,7 @@ async def test_refused_guest_port_fails_at_once(forwards, agent):
     assert e.value.code == "ECONNREFUSED" and e.value.port == port
     assert f"port {port}" in str(e.value)
     # The channel is fine afterwards.
-    await asyncio.wait_for(agent.channel.ping(), TIMEOUT)
+    await asyncio.wait_for(ping(agent.channel), TIMEOUT)
 
 
 async def test_refused_through_a_listener_closes_the_host_connection_at_once(forwards):

@@ -10,6 +10,7 @@ import socket
 
 import pytest
 
+from tests.control import ping
 from shuru.channel import Channel
 from shuru.errors import SandboxDiedError
 from shuru.files import Files
@@ -104,7 +105,7 @@ async def test_files_and_pings_through_the_relay(agent_clients, tmp_path):
     files = Files(lambda: client, lambda: None)
     await files.write(str(tmp_path / "f"), b"relayed")
     assert await files.read(str(tmp_path / "f")) == b"relayed"
-    await asyncio.wait_for(client.ping(), 10)
+    await asyncio.wait_for(ping(client), 10)
 
 
 async def test_a_client_that_leaves_has_its_processes_killed(agent_clients, tmp_path):

@@ -15,6 +15,7 @@ import struct
 
 import pytest
 
+from tests.control import ping
 from shuru.channel import Channel
 from shuru.errors import ExecOutputLimitError, ExecTimeoutError, ProtocolError, SandboxDiedError
 from shuru.files import Files, start_watch
@@ -151,12 +152,12 @@ async def test_pings_the_guest_never_answers_leave_nothing_behind(pair):
     ch, guest = pair
     for _ in range(3):
         with pytest.raises(asyncio.TimeoutError):
-            await asyncio.wait_for(ch.ping(), 0.05)
+            await asyncio.wait_for(ping(ch), 0.05)
     assert ch.run._pending == {}
-    answered = asyncio.create_task(ch.ping())
+    answered = asyncio.create_task(ping(ch))
     for _ in range(4):  # the three given up on, then this one
-        ping = await guest.expect("ping", 0)
-    await guest.send("pong", 0, id=ping["id"])
+        sent = await guest.expect("ping", 0)
+    await guest.send("pong", 0, id=sent["id"])
     await asyncio.wait_for(answered, 10)
     assert ch.run._pending == {}
 

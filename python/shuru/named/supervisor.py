@@ -40,7 +40,7 @@ import traceback
 
 from shuru_guest import wire
 
-from .. import errors
+from .. import agent_client as agent, errors
 from . import registry
 from .. import config as cfg
 from ..channel import GUEST_FDS, Channel, Stream
@@ -50,8 +50,9 @@ from ..errors import ProtocolError, ShuruError
 # is cut off before this much piles up in the supervisor.
 MAX_CLIENT_BACKLOG = 8 * 1024 * 1024
 MAX_REQUEST_LINE = 64 * 1024
-# The guest message that ends a relayed stream, by the request that opened it.
+# The requests a client may open a stream with (mounts and network belong to the sandbox).
 OPENERS = ("exec", "read", "write", "fs", "watch", "tcp_connect")
+# The guest message that ends a relayed stream, by the request that opened it.
 _ENDS = {"tcp_connect": ("close", "error")}
 _DEFAULT_ENDS = ("exit", "result", "error")
 # Requests that only look: they do not count as activity for idle_timeout.
@@ -177,7 +178,7 @@ class Relay:
         s, t = msg["s"], msg["t"]
         if s == wire.CONTROL:
             if t == "ping":
-                self.to_client({"t": "pong", "s": 0, "id": msg["id"]})
+                self.to_client({**agent.pong(msg["id"]), "s": wire.CONTROL})
             return  # hello; shutdown and park belong to the supervisor, never a client
         if s % 2 == 0:
             return  # even ids are the guest's
@@ -219,12 +220,12 @@ class Relay:
                     stream._grant_now(fd)
             with contextlib.suppress(ShuruError):
                 if stream.kind == "exec":
-                    await stream.send("signal", sig=signal.SIGKILL, group=True)
+                    await stream.send_msg(agent.signal(signal.SIGKILL, group=True))
                 elif stream.kind == "tcp_connect":
-                    await stream.send("close")
+                    await stream.send_msg(agent.close())
                     stream.end()
                 else:
-                    await stream.send("cancel")
+                    await stream.send_msg(agent.cancel())
         self.supervisor.touch()
 
 
