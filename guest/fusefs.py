@@ -129,7 +129,6 @@ class Mount:
         self.nodes: dict[str, int] = {"": 1}
         self.lookups: dict[int, int] = {}
         self.next_node = 2
-        self.dir_handles: dict[int, int] = {}
         # unique -> (deadline, opcode, nodeid, args): taken by whoever answers first
         self.pending: dict[int, tuple] = {}
         self.lock = threading.Lock()

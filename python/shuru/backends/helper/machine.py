@@ -285,7 +285,6 @@ class HelperMachine:
         self.backing: tuple[Path, str] = (self.layer, RawDisks.format)
         self.restored_from: Path | None = None
         self.machine_id: bytes | None = None  # from the create reply
-        self.vm_state = "unconfigured"
         self.exited: asyncio.Future = asyncio.get_running_loop().create_future()
         self._on_console = on_console
         self._console: deque[str] = deque(maxlen=512)
@@ -474,7 +473,6 @@ class HelperMachine:
                 with contextlib.suppress(Exception):
                     self._on_console((msg["line"] + "\n").encode())
         elif msg["event"] == "state":
-            self.vm_state = msg["state"]
             if msg["state"] in ("stopped", "error") and not self._stopping:
                 why = msg.get("message") or "the guest powered off"
                 self._end(f"the VM stopped ({msg['state']}): {why}")
