@@ -8,7 +8,12 @@ nothing asserts on time."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# The tier runs the agent on vsock unless a test asks otherwise (vsock is opt-in elsewhere).
+os.environ.setdefault("SHURU_QEMU_CHANNEL", "vsock")
 
 from tests.integration.conftest import image, runtime_dir  # noqa: F401  (fixtures)
 
