@@ -2,13 +2,14 @@
 virtualisation (nested KVM), so the KVM path and the vsock channel run for real on a host
 without hardware KVM.
 
-Three steps, each cheap after the first time:
+Four steps, the first two cheap after the first time:
   1. a checkpoint `kvm-host-<key>` with QEMU and the project's Python dependencies from
      Debian's archive (the only network it ever uses); `<key>` hashes the package list and
      the set-up commands, so changing either builds a new one (old ones are deleted);
-  2. a sandbox from it, with this checkout (its working tree, as git sees it) and the
-     current guest image copied in, and the KVM and vhost-vsock modules loaded;
-  3. pytest on tests/kvm inside it, its output streamed here.
+  2. a checkpoint over it with the current guest image installed, keyed by the image's id;
+  3. a sandbox from that, with this checkout (its working tree, as git sees it) copied in
+     and the KVM and vhost-vsock modules loaded;
+  4. pytest on tests/kvm inside it, its output streamed here.
 
 Usage: scripts/test-kvm [pytest args]    (`--keep NAME` leaves the sandbox running, detached,
 for `shuru exec NAME ...`).
@@ -19,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
-import os
 import shutil
 import socket
 import subprocess
