@@ -168,13 +168,13 @@ def serve_vsock(port: int) -> None:
             else:
                 super().greet()
 
-        def park(self) -> None:
-            super().park()
+        def park(self, *args, **kwargs) -> None:
+            super().park(*args, **kwargs)
             self.parked = True
 
-        def resume(self, msg: dict) -> None:
+        def resume(self, *args, **kwargs) -> None:
             self.parked = False
-            super().resume(msg)
+            super().resume(*args, **kwargs)
 
         def read_channel(self) -> None:
             try:

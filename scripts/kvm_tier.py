@@ -177,9 +177,9 @@ async def main(argv: list[str]) -> int:
     try:
         args = " ".join(map(shlex_quote, argv))
         # One inner vCPU (see tests/kvm), and boot time allowed for a nested guest's crawl.
-        code = await run(sb, f"cd {GUEST_SRC} && SHURU_KVM_TIER_CPUS=1 SHURU_BOOT_TIMEOUT=900 "
+        code = await run(sb, f"cd {GUEST_SRC} && SHURU_TEST_KVM=1 SHURU_KVM_TIER_CPUS=1 SHURU_BOOT_TIMEOUT=900 "
                              f"SHURU_RESUME_TIMEOUT=300 {GUEST_VENV}/bin/python -m pytest -q -p no:cacheprovider "
-                             f"-o addopts= tests/kvm {args}", timeout=3600)
+                             f"tests/kvm {args}", timeout=3600)
     finally:
         await sb.stop()
     say(f"tier finished in {time.monotonic() - started:.0f} s, exit {code}")
