@@ -133,8 +133,12 @@ def find_port(timeout: float = 10.0) -> str:
 
 
 def serve_vsock(port: int) -> None:
-    """Virtualization.framework has no virtio-serial: there the host reaches the agent over
-    vsock. Serve one host connection at a time; a new one after a restore, like the port."""
+    """Where there is no virtio-serial port (Virtualization.framework; QEMU where the host
+    has vhost-vsock) the host reaches the agent over vsock. One agent serves one host
+    connection at a time, across connections as across a port's reopenings: a new one after
+    the host went away, and after a restore (the kernel resets the connections a saved
+    machine had)."""
+    from . import wire
     from .agent import Agent
 
     pid = os.fork()
@@ -147,13 +151,39 @@ def serve_vsock(port: int) -> None:
     listener = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
     listener.bind((socket.VMADDR_CID_ANY, port))
     listener.listen(1)
-    while True:
-        conn, _ = listener.accept()
-        agent = Agent(conn.detach(), reconnectable=False)
-        agent.serve()
-        agent.close()
-        if agent.shutdown_requested:
-            return
+
+    class VsockAgent(Agent):
+        parked = False  # saved after `park`: the next host is a clone's, which sends `resume`
+
+        def greet(self) -> None:
+            self.forget_fd(self.fd)
+            os.close(self.fd)
+            conn, _ = listener.accept()
+            self.fd = conn.detach()
+            os.set_blocking(self.fd, False)
+            os.set_inheritable(self.fd, False)
+            if self.parked:  # the clone's host speaks first; `resume` answers with hello
+                self.connected = True
+                self.decoder = wire.FrameDecoder()
+            else:
+                super().greet()
+
+        def park(self, *args, **kwargs) -> None:
+            super().park(*args, **kwargs)
+            self.parked = True
+
+        def resume(self, *args, **kwargs) -> None:
+            self.parked = False
+            super().resume(*args, **kwargs)
+
+        def read_channel(self) -> None:
+            try:
+                super().read_channel()
+            except ConnectionResetError:  # what a restore's transport reset looks like
+                self.on_disconnect()
+
+    agent = VsockAgent(os.open("/dev/null", os.O_RDONLY), reconnectable=True)
+    agent.serve()
 
 
 def power_off() -> None:

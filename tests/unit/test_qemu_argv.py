@@ -4,7 +4,12 @@ from pathlib import Path
 
 from shuru.backends.qemu.accel import Accel
 from shuru.backends.base import MachineSpec
-from shuru.backends.qemu.machine import RunPaths, build_argv, host_tsc_khz, kernel_cmdline
+import pytest
+
+from shuru.backends.qemu.machine import (AGENT_VSOCK_PORT, RunPaths, build_argv, choose_channel,
+                                         cmdline_channel, host_tsc_khz, kernel_cmdline,
+                                         new_guest_cid)
+from shuru.errors import HostError
 
 SPEC = MachineSpec(kernel=Path("/img/vmlinuz"), initrd=Path("/img/initrd.img"),
                    rootfs=Path("/img/rootfs.img"), cpus=3, memory=1536, disk_size=4096)
@@ -72,3 +77,38 @@ def test_kernel_cmdline():
 def test_host_tsc_khz():
     assert host_tsc_khz("processor\t: 0\ncpu MHz\t\t: 2596.134\n") == 2596134
     assert host_tsc_khz("nothing here") is None
+
+
+def test_vsock_channel_replaces_the_serial_port():
+    argv = build_argv("qemu-system-x86_64", SPEC, TCG, RunPaths.inside(Path("/run/x")),
+                      "CMDLINE", guest_cid=1234)
+    devices = _opt(argv, "-device")
+    assert "vhost-vsock-device,guest-cid=1234" in devices
+    assert not any("virtserialport" in d or "virtio-serial" in d for d in devices)
+    paths = {c.split("path=")[1] for c in _opt(argv, "-chardev")}
+    assert paths == {"/run/x/qmp.sock", "/run/x/console.sock"}
+
+
+def test_kernel_cmdline_names_the_channel_and_a_saved_one_is_read_back():
+    vsock = kernel_cmdline(verbose=False, tsc_khz=None, channel="vsock")
+    assert f"shuru.agent=vsock:{AGENT_VSOCK_PORT}" in vsock.split()
+    assert cmdline_channel(vsock) == "vsock"
+    serial = kernel_cmdline(verbose=False, tsc_khz=None)
+    assert "shuru.agent" not in serial and cmdline_channel(serial) == "virtio-serial"
+
+
+def test_channel_choice(monkeypatch):
+    monkeypatch.setattr("os.access", lambda path, mode: False)
+    assert choose_channel({}) == "virtio-serial"
+    assert choose_channel({"SHURU_QEMU_CHANNEL": "virtio-serial"}) == "virtio-serial"
+    with pytest.raises(HostError, match="/dev/vhost-vsock"):
+        choose_channel({"SHURU_QEMU_CHANNEL": "vsock"})
+    with pytest.raises(HostError, match="SHURU_QEMU_CHANNEL='serial'"):
+        choose_channel({"SHURU_QEMU_CHANNEL": "serial"})
+    monkeypatch.setattr("os.access", lambda path, mode: path == "/dev/vhost-vsock")
+    assert choose_channel({}) == "virtio-serial"  # opt-in until the KVM tier has passed
+    assert choose_channel({"SHURU_QEMU_CHANNEL": "vsock"}) == "vsock"
+
+
+def test_guest_cids_avoid_the_reserved_ones():
+    assert all(3 <= new_guest_cid() < 2**32 - 1 for _ in range(1000))

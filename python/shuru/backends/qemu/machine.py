@@ -6,7 +6,12 @@ VM whose RAM lives in a file (`share=on`) is saved with `x-ignore-shared` (only 
 goes to the state file; the RAM file is the memory), and a clone maps that file privately
 (`share=off`: pages are shared between clones until written) and loads the device state
 with `-incoming defer`. QEMU connects to three Unix sockets we
-listen on (agent channel, QMP, serial console), so there is nothing to poll for. QEMU runs in
+listen on (agent channel, QMP, serial console), so there is nothing to poll for.
+
+The agent channel is a virtio-serial port, or with `SHURU_QEMU_CHANNEL=vsock` (where
+/dev/vhost-vsock is usable) a `vhost-vsock` device with a random guest CID, the agent
+listening on `AGENT_VSOCK_PORT`. Only that path
+polls: the host connects until the guest's agent listens (`_VsockRelay`). QEMU runs in
 its own session with PDEATHSIG=SIGKILL: it dies with its owner even when the owner is killed
 with SIGKILL, and a terminal's Ctrl-C never reaches it directly.
 """
@@ -17,8 +22,10 @@ import asyncio
 import contextlib
 import functools
 import os
+import secrets
 import shlex
 import shutil
+import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +47,11 @@ FAST_FLAGS = (
     "cryptomgr.notests rcupdate.rcu_expedited=1 mitigations=off tsc=reliable panic=-1"
 )
 CONNECT_TIMEOUT = 30.0
+# The port the agent listens on in vsock mode (the same as under VZ, see backends.helper).
+AGENT_VSOCK_PORT = 1024
+CHANNELS = ("virtio-serial", "vsock")
+# How often the host retries connecting to a vsock agent that does not listen yet (boot).
+VSOCK_RETRY = 0.05
 MIGRATION_TIMEOUT = 120.0
 
 
@@ -101,7 +113,8 @@ def board(arch: str | None) -> Board:
     return BOARDS[arch or host_arch()]
 
 
-def kernel_cmdline(*, verbose: bool, tsc_khz: int | None, arch: str | None = None) -> str:
+def kernel_cmdline(*, verbose: bool, tsc_khz: int | None, arch: str | None = None,
+                   channel: str = "virtio-serial") -> str:
     b = board(arch)
     parts = [f"console={b.console}", "root=/dev/vda", "rw", "rootfstype=ext4"]
     if not verbose:
@@ -109,14 +122,43 @@ def kernel_cmdline(*, verbose: bool, tsc_khz: int | None, arch: str | None = Non
     parts.append(b.fast_flags)
     if tsc_khz and b.machine == "microvm":
         parts.append(f"tsc_early_khz={tsc_khz}")
+    if channel == "vsock":
+        parts.append(f"shuru.agent=vsock:{AGENT_VSOCK_PORT}")
     return " ".join(parts)
+
+
+def cmdline_channel(cmdline: str) -> str:
+    """The agent channel a kernel command line sets up (a saved state keeps its own)."""
+    return "vsock" if "shuru.agent=vsock:" in cmdline else "virtio-serial"
+
+
+def choose_channel(environ=os.environ) -> str:
+    """virtio-serial unless SHURU_QEMU_CHANNEL=vsock asks for vsock (the kernel relays it, no
+    QEMU chardev in the path). vsock stays opt-in until the KVM tier has passed on a real
+    host: many hosts have /dev/vhost-vsock without ever having run this path."""
+    forced = environ.get("SHURU_QEMU_CHANNEL", "")
+    if not forced:
+        return "virtio-serial"
+    if forced not in CHANNELS:
+        raise HostError(f"SHURU_QEMU_CHANNEL={forced!r}: expected one of {', '.join(CHANNELS)}")
+    if forced == "vsock" and not os.access("/dev/vhost-vsock", os.R_OK | os.W_OK):
+        raise HostError("SHURU_QEMU_CHANNEL=vsock: /dev/vhost-vsock is missing or not "
+                        "readable and writable", hint="modprobe vhost_vsock")
+    return forced
+
+
+def new_guest_cid() -> int:
+    """A guest CID for vhost-vsock: unique among this host's VMs, so random over the range
+    (0-2 are reserved, 2**32-1 is VMADDR_CID_ANY); a collision fails QEMU's start, which
+    `_launch` retries with another."""
+    return 3 + secrets.randbelow(2**31)
 
 
 def build_argv(qemu: str, spec: MachineSpec, accel: accel_mod.Accel, paths: RunPaths,
                cmdline: str, name: str = "shuru", *, ram: RamFile | None = None,
-               incoming: bool = False) -> list[str]:
+               incoming: bool = False, guest_cid: int | None = None) -> list[str]:
     """The full QEMU command line for one sandbox (a template with `ram` shared, a clone
-    with `ram` private and `incoming`)."""
+    with `ram` private and `incoming`); `guest_cid` puts the agent on vsock."""
     model = board(spec.arch).machine
     machine = model if ram is None else f"{model},memory-backend=ram"
     argv = [
@@ -135,9 +177,16 @@ def build_argv(qemu: str, spec: MachineSpec, accel: accel_mod.Accel, paths: RunP
         "-drive", f"id=root,file={paths.overlay},format=qcow2,if=none,cache=unsafe,discard=unmap",
         "-device", "virtio-blk-device,drive=root",
         "-device", "virtio-rng-device",
-        "-device", "virtio-serial-device",
-        "-chardev", f"socket,id=agent,path={paths.agent_sock}",
-        "-device", f"virtserialport,chardev=agent,name={AGENT_PORT}",
+    ]
+    if guest_cid is None:
+        argv += [
+            "-device", "virtio-serial-device",
+            "-chardev", f"socket,id=agent,path={paths.agent_sock}",
+            "-device", f"virtserialport,chardev=agent,name={AGENT_PORT}",
+        ]
+    else:
+        argv += ["-device", f"vhost-vsock-device,guest-cid={guest_cid}"]
+    argv += [
         "-chardev", f"socket,id=con,path={paths.console_sock}",
         "-serial", "chardev:con",
         "-chardev", f"socket,id=qmp,path={paths.qmp_sock}",
@@ -197,6 +246,86 @@ class _Listener:
             self.server.close()
 
 
+class _VsockRelay:
+    """The host's end of a vsock agent channel as asyncio streams, ready before the guest is:
+    one end of a socketpair goes to the Channel, the other is spliced to the guest's port
+    once its agent listens. Until the guest has sent a byte, a connection that ends is
+    retried and what the host sent is replayed: a restored clone's kernel resets the
+    connections it inherited (vsock's transport reset), and one made just before that reset
+    only looks like an agent that went away."""
+
+    def __init__(self, cid: int, port: int):
+        self.cid, self.port = cid, port
+        self._task: asyncio.Task | None = None
+        self._socks: list[socket.socket] = []
+
+    async def open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        ours, theirs = socket.socketpair()
+        self._socks += [ours, theirs]
+        theirs.setblocking(False)
+        streams = await asyncio.open_unix_connection(sock=ours, limit=1 << 20)
+        self._task = asyncio.create_task(self._run(theirs))
+        return streams
+
+    async def _connect(self) -> socket.socket:
+        loop = asyncio.get_running_loop()
+        while True:
+            sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            try:
+                await loop.sock_connect(sock, (self.cid, self.port))
+                return sock
+            except OSError:  # reset: nobody listens yet; timed out: no guest driver yet
+                sock.close()
+            await asyncio.sleep(VSOCK_RETRY)
+
+    async def _run(self, host: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        self._replay: bytearray | None = bytearray()  # host bytes sent before the guest's first
+        guest = to_guest = None
+        with contextlib.suppress(OSError, asyncio.CancelledError):
+            while True:
+                guest = await self._connect()
+                try:
+                    await loop.sock_sendall(guest, bytes(self._replay))
+                    to_guest = asyncio.create_task(self._host_to_guest(host, guest))
+                    first = await loop.sock_recv(guest, 1 << 18)
+                except OSError:
+                    first = b""
+                if first:
+                    self._replay = None
+                    await loop.sock_sendall(host, first)
+                    break
+                if to_guest:
+                    to_guest.cancel()
+                    with contextlib.suppress(BaseException):
+                        await to_guest
+                guest.close()
+            while data := await loop.sock_recv(guest, 1 << 18):
+                await loop.sock_sendall(host, data)
+        if to_guest:
+            to_guest.cancel()
+        with contextlib.suppress(OSError):
+            host.shutdown(socket.SHUT_RDWR)  # the Channel sees the guest's end
+        if guest is not None:
+            guest.close()
+
+    async def _host_to_guest(self, host: socket.socket, guest: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(OSError):
+            while data := await loop.sock_recv(host, 1 << 18):
+                if self._replay is not None:
+                    self._replay += data
+                await loop.sock_sendall(guest, data)
+            guest.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        if self._task:
+            self._task.cancel()
+        for sock in self._socks:
+            sock.close()
+
+
 # How much of the console is kept for error messages: a panic and its trace fit easily.
 CONSOLE_KEEP = 64 * 1024
 
@@ -225,7 +354,7 @@ class QemuMachine:
                  agent, console_reader: asyncio.StreamReader, accel: accel_mod.Accel,
                  on_console: Callable[[bytes], None] | None, listeners: list[_Listener],
                  *, disk: Path, backing: tuple[Path, str], cmdline: str,
-                 capabilities: Capabilities):
+                 capabilities: Capabilities, relay: _VsockRelay | None = None):
         self.rundir = rundir
         self.layer = disk  # the VM's own overlay (in the run's disk dir unless a template's)
         self.backing = backing  # (path, format) the overlay stands on
@@ -237,6 +366,8 @@ class QemuMachine:
         self.agent = agent
         self.accel_info = accel
         self._listeners = listeners
+        self._relay = relay  # the vsock channel's, when the agent is on vsock
+        self.channel = "vsock" if relay else "virtio-serial"
         self._console = ConsoleBuffer()  # the console's last bytes, for error messages
         self._on_console = on_console
         self._console_task = asyncio.create_task(self._pump_console(console_reader))
@@ -346,6 +477,8 @@ class QemuMachine:
             await self._console_task
         for listener in self._listeners:
             listener.close()
+        if self._relay:
+            self._relay.close()
         self.rundir.close()
 
 
@@ -369,7 +502,8 @@ class QemuBackend:
         qemu = find_qemu(spec.arch)
         accel = self._accel(spec)
         return {"qemu": qemu_version(qemu), "accel": accel.name, "cpu": accel.cpu,
-                "accel_arg": accel.qemu_arg, "machine": board(spec.arch).machine}
+                "accel_arg": accel.qemu_arg, "machine": board(spec.arch).machine,
+                "channel": choose_channel()}
 
     def _accel(self, spec: MachineSpec) -> accel_mod.Accel:
         from ...image.store import host_arch
@@ -383,7 +517,8 @@ class QemuBackend:
         if self._accel(spec).name == "tcg":
             with contextlib.suppress(OSError):
                 tsc = host_tsc_khz(Path("/proc/cpuinfo").read_text())
-        return kernel_cmdline(verbose=spec.verbose_console, tsc_khz=tsc, arch=spec.arch)
+        return kernel_cmdline(verbose=spec.verbose_console, tsc_khz=tsc, arch=spec.arch,
+                              channel=choose_channel())
 
     async def start(self, spec: MachineSpec, *,
                     on_console: Callable[[bytes], None] | None = None) -> QemuMachine:
@@ -428,43 +563,64 @@ class QemuBackend:
         # runtime dir (usually a tmpfs: RAM). A template's overlay is given (its state dir).
         rundir = RunDir.create(disk_root=None if overlay else disk_root(self.data_dir))
         listeners: list[_Listener] = []
-        proc = None
+        proc = relay = None
+        # The channel is the command line's: a restored clone keeps its template's.
+        vsock = cmdline_channel(cmdline) == "vsock"
         try:
             paths = RunPaths.inside(rundir.path, overlay or rundir.disk_dir / "disk.qcow2")
             await self.disks.create_layer(base_path, base_format, paths.overlay,
                                           size_mb=spec.disk_size, base_size_mb=base_size_mb)
-            listeners = [_Listener() for _ in range(3)]
-            for listener, path in zip(listeners, (paths.agent_sock, paths.qmp_sock,
-                                                  paths.console_sock)):
-                await listener.listen(path)
-            argv = build_argv(qemu, spec, accel, paths, cmdline,
-                              name=f"shuru-{rundir.path.name}", ram=ram, incoming=incoming)
-            with open(rundir / "qemu.log", "wb") as log:
-                proc = await asyncio.create_subprocess_exec(
-                    *argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                    start_new_session=True, preexec_fn=die_with_parent(os.getpid()),
-                )
-            connected = asyncio.gather(*(l.accepted for l in listeners))
-            exited = asyncio.ensure_future(proc.wait())
-            done, _ = await asyncio.wait({connected, exited}, timeout=CONNECT_TIMEOUT,
-                                         return_when=asyncio.FIRST_COMPLETED)
-            if connected not in done:
+            socks: tuple[Path, ...] = (paths.qmp_sock, paths.console_sock)
+            if not vsock:
+                socks = (paths.agent_sock, *socks)
+            for attempt in range(3):
+                for listener in listeners:  # a failed attempt's QEMU may have connected
+                    listener.close()
+                listeners = [_Listener() for _ in socks]
+                for listener, path in zip(listeners, socks):
+                    await listener.listen(path)
+                cid = new_guest_cid() if vsock else None
+                argv = build_argv(qemu, spec, accel, paths, cmdline,
+                                  name=f"shuru-{rundir.path.name}", ram=ram, incoming=incoming,
+                                  guest_cid=cid)
+                with open(rundir / "qemu.log", "wb") as log:
+                    proc = await asyncio.create_subprocess_exec(
+                        *argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                        start_new_session=True, preexec_fn=die_with_parent(os.getpid()),
+                    )
+                connected = asyncio.gather(*(l.accepted for l in listeners))
+                exited = asyncio.ensure_future(proc.wait())
+                done, _ = await asyncio.wait({connected, exited}, timeout=CONNECT_TIMEOUT,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if connected in done:
+                    break
                 connected.cancel()
                 log_text = (rundir / "qemu.log").read_text(errors="replace").strip()
+                # Another VM on this host holds the random CID: draw again.
+                if vsock and exited in done and "guest cid" in log_text.lower() and attempt < 2:
+                    continue
                 raise BootError(f"QEMU did not start: {log_text or 'no output'}",
                                 hint=f"command: {' '.join(argv)}")
             exited.cancel()
-            (agent, (qmp_r, qmp_w), (con_r, con_w)) = connected.result()
+            *agent, (qmp_r, qmp_w), (con_r, con_w) = connected.result()
+            assert proc is not None  # the loop either broke with a started QEMU or raised
+            if vsock:
+                assert cid is not None
+                relay = _VsockRelay(cid, AGENT_VSOCK_PORT)
+                agent = [await relay.open()]
             qmp = QMP(qmp_r, qmp_w)
             await qmp.start()
-            return QemuMachine(rundir, proc, qmp, agent, con_r, accel, on_console, listeners,
+            return QemuMachine(rundir, proc, qmp, agent[0], con_r, accel, on_console, listeners,
                                disk=paths.overlay, backing=(base_path, base_format),
-                               cmdline=cmdline, capabilities=self.capabilities)
+                               cmdline=cmdline, capabilities=self.capabilities,
+                               relay=relay)
         except BaseException:
             if proc is not None and proc.returncode is None:
                 proc.kill()
                 await proc.wait()
             for listener in listeners:
                 listener.close()
+            if relay:
+                relay.close()
             rundir.close()
             raise
