@@ -63,6 +63,7 @@ from .store import (
     image_id,
     images_dir,
     is_current,
+    make_images_dir,
     load,
     recipe_files,
     sha256_file,
@@ -809,12 +810,7 @@ def build_image(home: Path | None = None, *, force: bool = False, mirror: str | 
     arch = arch or host_arch()
     if not force and (image := _reusable(home, arch)):
         return image
-    images = images_dir(home)
-    try:
-        images.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise HostError(f"cannot create {images}: {e.strerror}",
-                        hint="set SHURU_HOME to a writable directory") from None
+    images = make_images_dir(home)
     if os.geteuid() != 0:
         return _build_rootless(home, force=force, mirror=mirror, arch=arch)
     with _build_lock(images, progress):

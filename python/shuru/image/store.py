@@ -32,7 +32,7 @@ from importlib import resources
 from importlib.abc import Traversable
 from pathlib import Path
 
-from ..errors import ImageError
+from ..errors import HostError, ImageError
 
 FORMAT = 1
 FILES = ("vmlinuz", "initrd.img", "rootfs.img")
@@ -56,6 +56,17 @@ def shuru_home() -> Path:
 
 def images_dir(home: Path | None = None) -> Path:
     return (home or shuru_home()) / "images"
+
+
+def make_images_dir(home: Path | None = None) -> Path:
+    """The images directory, created if needed (before a build or an import writes there)."""
+    images = images_dir(home)
+    try:
+        images.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise HostError(f"cannot create {images}: {e.strerror}",
+                        hint="set SHURU_HOME to a writable directory") from None
+    return images
 
 
 # ---- architectures (pure) -------------------------------------------------------------------

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from ..errors import HostError, ImageError
 from .store import (ARCHES, FILES, FORMAT, Image, current_image, image_id, images_dir, load,
-                    verify)
+                    make_images_dir, verify)
 
 MANIFEST = "manifest.json"
 MEMBERS = (MANIFEST, *FILES)
@@ -240,12 +240,7 @@ def import_image(src: Path, *, home: Path | None = None) -> Image:
     from .build import _build_lock, _no_progress, install, remove_tree
 
     src = Path(src)
-    images = images_dir(home)
-    try:
-        images.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise HostError(f"cannot create {images}: {e.strerror}",
-                        hint="set SHURU_HOME to a writable directory") from None
+    images = make_images_dir(home)
     with _build_lock(images, _no_progress):
         # `.build-` so that a later build, holding the same lock, clears one left by a crash.
         work = Path(tempfile.mkdtemp(prefix=".build-import-", dir=images))
