@@ -45,8 +45,15 @@ def test_init_is_a_fast_no_op_when_current(image):
 
 def _wheel(src: Path, dest: Path, version: str | None = None) -> Path:
     tree = dest / f"src-{version or 'current'}"
-    shutil.copytree(src, tree, ignore=shutil.ignore_patterns(
-        ".venv", ".git", "helper", "tests", "*.egg-info", "build", "__pycache__"))
+    anywhere = shutil.ignore_patterns("*.egg-info", "build", "__pycache__")
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        # At the top only: the Swift helper, the tests and their data dir, the venv. (Names
+        # below may repeat them: python/shuru/backends/helper is part of the package.)
+        top = {".venv", ".git", "helper", "tests", ".test-home"} if Path(folder) == src else set()
+        return set(anywhere(folder, names)) | (top & set(names))
+
+    shutil.copytree(src, tree, ignore=ignore)
     if version:
         toml = tree / "pyproject.toml"
         toml.write_text(re.sub(r'^version = ".*"$', f'version = "{version}"',
