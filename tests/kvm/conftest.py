@@ -13,10 +13,14 @@ import os
 
 import pytest
 
-collect_ignore_glob = [] if os.environ.get("SHURU_TEST_KVM") == "1" else ["test_*.py"]
+ENABLED = os.environ.get("SHURU_TEST_KVM") == "1"
+collect_ignore_glob = [] if ENABLED else ["test_*.py"]
 
 # The tier runs the agent on vsock unless a test asks otherwise (vsock is opt-in elsewhere).
-os.environ.setdefault("SHURU_QEMU_CHANNEL", "vsock")
+# Only when the tier runs: this file is imported by every session, and the variable would
+# reach every other test's sandboxes.
+if ENABLED:
+    os.environ.setdefault("SHURU_QEMU_CHANNEL", "vsock")
 
 from tests.integration.conftest import image, runtime_dir  # noqa: F401  (fixtures)
 
@@ -28,12 +32,13 @@ def figure(name: str, value: str) -> None:
 
 
 def pytest_collection_modifyitems(items):
-    for item in items:
-        item.add_marker(pytest.mark.integration)
+    for item in items:  # the hook sees the whole session's items: mark only this tier's
+        if "/tests/kvm/" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
 
 
 def pytest_terminal_summary(terminalreporter):
-    if FIGURES:
+    if ENABLED and FIGURES:
         terminalreporter.section("KVM tier figures")
         for name, value in FIGURES:
             terminalreporter.write_line(f"{name:<48} {value}")
