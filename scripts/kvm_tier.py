@@ -21,7 +21,6 @@ import asyncio
 import hashlib
 import io
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
@@ -30,9 +29,11 @@ from pathlib import Path
 
 from shuru import AsyncSandbox, checkpoints as ck
 from shuru.image.store import current_image
-from shuru.net import addresses
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the checkout's tests/ package, for registry_network
+
+from tests.registries import registry_network  # noqa: E402
+
 GUEST_SRC = "/opt/kvmtier/src"
 GUEST_VENV = "/opt/kvmtier/venv"
 GUEST_HOME = "/root/.local/share/shuru"
@@ -64,17 +65,6 @@ CHECKPOINT = f"kvm-host-{KEY}"
 
 def say(msg: str) -> None:
     print(f"test-kvm: {msg}", file=sys.stderr, flush=True)
-
-
-def registry_network(*hosts: str) -> dict:
-    """Allow `hosts`; pin a name whose address the proxy would refuse (a gateway in a
-    private or documentation range) with `network.resolve`, as tests/integration do."""
-    resolve = {}
-    for host in hosts:
-        found = {info[4][0] for info in socket.getaddrinfo(host, 443, type=socket.SOCK_STREAM)}
-        if any(addresses.refusal(a) for a in found):
-            resolve[host] = sorted(found)[0]
-    return {"allow": list(hosts), "resolve": resolve}
 
 
 async def run(sb: AsyncSandbox, command: str, *, timeout: float = 600, echo: bool = True) -> int:

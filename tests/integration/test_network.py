@@ -27,7 +27,8 @@ from aiohttp import web
 
 from shuru import AsyncSandbox, Sandbox
 from shuru import checkpoints as ck
-from shuru.net import GUEST_CA_BUNDLE, addresses
+from shuru.net import GUEST_CA_BUNDLE
+from tests.registries import registry_network
 from shuru.net.ca import CertAuthority, host_trust_store
 
 from .conftest import SHURU
@@ -459,20 +460,6 @@ async def test_cli_allow_host_secret_and_verbose_log(servers, tmp_path):
 
 
 # ---- the real registries --------------------------------------------------------------------
-
-def registry_network(*hosts: str) -> dict:
-    """`network` allowing `hosts`. Where the host reaches a registry through a gateway at an
-    address that is not public (this project's CI: a documentation-range address, which the
-    proxy rightly refuses to dial), the test pins the name to that address with a
-    `network.resolve` entry, the documented way to a non-public endpoint; on an ordinary
-    host nothing is pinned and the proxy's own resolving and vetting are what is tested."""
-    resolve = {}
-    for host in hosts:
-        found = {info[4][0] for info in socket.getaddrinfo(host, 443, type=socket.SOCK_STREAM)}
-        if any(addresses.refusal(a) for a in found):
-            resolve[host] = sorted(found)[0]
-    return {"allow": list(hosts), "resolve": resolve}
-
 
 async def test_apt_and_pip_through_the_real_registries():
     name = f"net-pip-{uuid.uuid4().hex[:8]}"
